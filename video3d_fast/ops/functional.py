@@ -1,0 +1,200 @@
+"""The public op API: plain/grouped conv3d and the two fused conv + BatchNorm + residual + ReLU forms.
+
+Every function validates its arguments (clear TypeError/ValueError before any kernel runs), applies
+autocast, picks a backend (``backend="auto"`` or a name from :func:`available_backends`) and calls the
+differentiable custom op of ``library.py``; ``backend="torch"`` runs ``reference.py`` through plain
+autograd instead.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple, Union
+
+import torch
+
+from . import reference
+from .backends import resolve_backend
+from .library import conv3d_affine_act_op, conv3d_batchnorm_act_op, conv3d_op
+from .params import (
+    IntOr3,
+    check_activation,
+    check_channel_vector,
+    check_residual,
+    make_params,
+)
+from .reference import batchnorm_momentum_factor, opmath_dtype
+
+__all__ = ["conv3d", "conv3d_affine_act", "conv3d_batchnorm_act", "fold_batchnorm"]
+
+
+def _autocast(*tensors: Optional[torch.Tensor]):
+    """Cast floating activations/weights to the autocast dtype where autocast is on (like F.conv3d)."""
+    first = next(t for t in tensors if t is not None)
+    device_type = first.device.type
+    if not torch.is_autocast_enabled(device_type):
+        return tensors
+    dtype = torch.get_autocast_dtype(device_type)
+    return tuple(
+        t.to(dtype) if t is not None and t.is_floating_point() and t.dtype != torch.float64 else t
+        for t in tensors
+    )
+
+
+def conv3d(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor] = None,
+    stride: IntOr3 = 1,
+    padding: Union[IntOr3, str] = 0,
+    dilation: IntOr3 = 1,
+    groups: int = 1,
+    *,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """3D convolution, plain or grouped (ResNeXt, depthwise); same semantics as ``F.conv3d``.
+
+    Args:
+        input: (N, C, D, H, W), NCDHW or channels_last_3d, float16/bfloat16/float32/float64.
+        weight: (K, C/groups, T, R, S), same dtype and device.
+        bias: optional (K,).
+    Returns:
+        (N, K, Do, Ho, Wo) in the input's dtype and memory format.
+    """
+    input, weight, bias = _autocast(input, weight, bias)
+    p = make_params(input, weight, stride, padding, dilation, groups)
+    if bias is not None:
+        check_channel_vector(bias, "bias", p.out_channels, input)
+        if bias.dtype != input.dtype:
+            raise TypeError(f"bias dtype {bias.dtype} does not match input dtype {input.dtype}")
+    name = resolve_backend(backend, input.device)
+    if name == "torch":
+        return reference.conv3d(input, weight, bias, p.stride, p.padding, p.dilation, p.groups)
+    return conv3d_op(input, weight, bias, *p.as_conv_args(), name)
+
+
+def conv3d_affine_act(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    scale: torch.Tensor,
+    shift: torch.Tensor,
+    residual: Optional[torch.Tensor] = None,
+    stride: IntOr3 = 1,
+    padding: Union[IntOr3, str] = 0,
+    dilation: IntOr3 = 1,
+    groups: int = 1,
+    activation: str = "relu",
+    *,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Inference form: ``act(conv3d(input, weight) * scale + shift [+ residual])``.
+
+    ``scale``/``shift`` are per output channel, shape (K,), float32 or the input dtype: an eval-mode
+    BatchNorm3d folded by :func:`fold_batchnorm`, or a conv bias (scale = 1). ``residual`` has the
+    output's shape and is added before the activation (ResNet blocks). ``activation`` is "relu" or
+    "none". Differentiable in input, weight, scale, shift and residual (fine-tuning with frozen BN).
+    The epilogue runs in float32 (float64 for float64 data) and is rounded once.
+    """
+    relu = check_activation(activation)
+    input, weight, residual = _autocast(input, weight, residual)
+    p = make_params(input, weight, stride, padding, dilation, groups)
+    check_channel_vector(scale, "scale", p.out_channels, input)
+    check_channel_vector(shift, "shift", p.out_channels, input)
+    check_residual(residual, p, input)
+    name = resolve_backend(backend, input.device)
+    if name == "torch":
+        return reference.conv3d_affine_act(
+            input, weight, scale, shift, residual, p.stride, p.padding, p.dilation, p.groups, activation
+        )
+    save_conv_out = torch.is_grad_enabled() and scale.requires_grad
+    out, _ = conv3d_affine_act_op(
+        input, weight, scale, shift, residual, *p.as_conv_args(), relu, save_conv_out, name
+    )
+    return out
+
+
+def conv3d_batchnorm_act(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bn_weight: Optional[torch.Tensor],
+    bn_bias: Optional[torch.Tensor],
+    running_mean: Optional[torch.Tensor],
+    running_var: Optional[torch.Tensor],
+    num_batches_tracked: Optional[torch.Tensor] = None,
+    residual: Optional[torch.Tensor] = None,
+    stride: IntOr3 = 1,
+    padding: Union[IntOr3, str] = 0,
+    dilation: IntOr3 = 1,
+    groups: int = 1,
+    momentum: Optional[float] = 0.1,
+    eps: float = 1e-5,
+    activation: str = "relu",
+    *,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Training form: conv3d -> BatchNorm3d in training mode -> [+ residual] -> activation.
+
+    Identical in value to ``nn.Conv3d(bias=False) -> nn.BatchNorm3d (train) -> (+ residual) -> nn.ReLU``:
+    batch statistics over (N, D, H, W), biased variance to normalise, unbiased variance for the running
+    update, ``momentum`` (None = cumulative average) and ``eps`` as in nn.BatchNorm3d. ``running_mean``,
+    ``running_var`` and ``num_batches_tracked`` are updated in place (pass None to not track, like
+    ``track_running_stats=False``); ``bn_weight``/``bn_bias`` None means ``affine=False``.
+    Only the pre-BN conv output (and the output, for the ReLU mask) is kept for backward.
+    """
+    relu = check_activation(activation)
+    input, weight, residual = _autocast(input, weight, residual)
+    p = make_params(input, weight, stride, padding, dilation, groups)
+    for name_, vec in (("bn_weight", bn_weight), ("bn_bias", bn_bias), ("running_mean", running_mean),
+                       ("running_var", running_var)):
+        check_channel_vector(vec, name_, p.out_channels, input, allow_none=True)
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("running_mean and running_var must both be given or both be None")
+    check_residual(residual, p, input)
+    if not isinstance(eps, (int, float)) or eps <= 0:
+        raise ValueError(f"eps must be a positive number, got {eps!r}")
+    if momentum is not None and not 0.0 <= float(momentum) <= 1.0:
+        raise ValueError(f"momentum must be in [0, 1] or None, got {momentum!r}")
+    count = p.gemm_m
+    if count <= 1:
+        raise ValueError(
+            f"expected more than 1 value per channel when training, got output shape {p.out_shape}"
+        )
+    name = resolve_backend(backend, input.device)
+    if name == "torch":
+        return reference.conv3d_batchnorm_act(
+            input, weight, bn_weight, bn_bias, running_mean, running_var, num_batches_tracked, residual,
+            p.stride, p.padding, p.dilation, p.groups, momentum, eps, activation,
+        )
+    stat_dtype = bn_weight.dtype if bn_weight is not None else opmath_dtype(input.dtype)
+    if bn_weight is None:
+        bn_weight = torch.ones(p.out_channels, dtype=stat_dtype, device=input.device)
+    if bn_bias is None:
+        bn_bias = torch.zeros(p.out_channels, dtype=stat_dtype, device=input.device)
+    out, _, mean, var = conv3d_batchnorm_act_op(
+        input, weight, bn_weight, bn_bias, residual, *p.as_conv_args(), float(eps), relu, name
+    )
+    if running_mean is not None and running_var is not None:
+        factor = batchnorm_momentum_factor(momentum, num_batches_tracked)
+        with torch.no_grad():
+            running_mean.lerp_(mean.detach().to(running_mean.dtype), factor)
+            unbiased = var.detach() * (count / (count - 1))
+            running_var.lerp_(unbiased.to(running_var.dtype), factor)
+    return out
+
+
+def fold_batchnorm(
+    bn: torch.nn.modules.batchnorm._BatchNorm, conv_bias: Optional[torch.Tensor] = None
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) of an eval-mode BatchNorm (optionally after a conv bias), for conv3d_affine_act.
+
+    scale = weight / sqrt(running_var + eps); shift = bias - running_mean * scale (+ conv_bias * scale).
+    Differentiable in the BN's weight and bias (so frozen-statistics fine-tuning trains them).
+    """
+    if bn.running_mean is None or bn.running_var is None:
+        raise ValueError("fold_batchnorm needs running statistics (track_running_stats=True)")
+    invstd = torch.rsqrt(bn.running_var + bn.eps)
+    scale = invstd if bn.weight is None else bn.weight * invstd
+    shift = -bn.running_mean * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias
+    if conv_bias is not None:
+        shift = shift + conv_bias * scale
+    return scale, shift

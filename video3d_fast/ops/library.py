@@ -1,0 +1,316 @@
+"""torch.library registration of the ops: custom ops in the ``video3d_fast`` namespace, their fake
+(meta) implementations and their autograd formulas.
+
+Each forward and each backward is its own functional custom op carrying a ``backend`` string, so eager
+autograd, ``torch.compile(fullgraph=True)`` (which traces forward and backward through them) and
+``torch.library.opcheck`` all see real ops. The op bodies hand over to the named backend
+(``backends/``). Gradients nobody asked for travel as empty tensors, since op outputs cannot be None.
+
+Running BatchNorm statistics are updated by the caller (``functional.py``) from the (mean, var) the
+training-form op returns: torch.library forbids autograd on ops that mutate their inputs.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+from .backends import get_backend
+from .params import Conv3dParams, memory_format_of, params_from_lists
+from .reference import opmath_dtype
+
+NAMESPACE = "video3d_fast"
+
+
+def _params(x: Tensor, w: Tensor, stride, padding, dilation, groups) -> Conv3dParams:
+    return params_from_lists(x.shape, w.shape, stride, padding, dilation, groups)
+
+
+def _empty(like: Tensor) -> Tensor:
+    return like.new_empty(0)
+
+
+def _or_empty(t: Optional[Tensor], like: Tensor) -> Tensor:
+    return _empty(like) if t is None else t
+
+
+def _none_if_empty(t: Tensor, wanted: bool) -> Optional[Tensor]:
+    return t if wanted else None
+
+
+def _fake_out(x: Tensor, p: Conv3dParams, dtype=None) -> Tensor:
+    return torch.empty(
+        p.out_shape, dtype=dtype or x.dtype, device=x.device, memory_format=memory_format_of(x)
+    )
+
+
+def _fake_grad_like(t: Tensor, wanted: bool) -> Tensor:
+    if not wanted:
+        return _empty(t)
+    return torch.empty_like(t, memory_format=memory_format_of(t))
+
+
+# ------------------------------------------------------------------------------------------------
+# conv3d
+# ------------------------------------------------------------------------------------------------
+@torch.library.custom_op(f"{NAMESPACE}::conv3d", mutates_args=())
+def conv3d_op(
+    input: Tensor,
+    weight: Tensor,
+    bias: Optional[Tensor],
+    stride: List[int],
+    padding: List[int],
+    dilation: List[int],
+    groups: int,
+    backend: str,
+) -> Tensor:
+    p = _params(input, weight, stride, padding, dilation, groups)
+    return get_backend(backend).conv3d_forward(input, weight, bias, p)
+
+
+@conv3d_op.register_fake
+def _(input, weight, bias, stride, padding, dilation, groups, backend):
+    return _fake_out(input, _params(input, weight, stride, padding, dilation, groups))
+
+
+@torch.library.custom_op(f"{NAMESPACE}::conv3d_backward", mutates_args=())
+def conv3d_backward_op(
+    grad_output: Tensor,
+    input: Tensor,
+    weight: Tensor,
+    stride: List[int],
+    padding: List[int],
+    dilation: List[int],
+    groups: int,
+    output_mask: List[bool],
+    backend: str,
+) -> Tuple[Tensor, Tensor, Tensor]:
+    p = _params(input, weight, stride, padding, dilation, groups)
+    gx, gw, gb = get_backend(backend).conv3d_backward(grad_output.contiguous(
+        memory_format=memory_format_of(input)), input, weight, p, output_mask)
+    return _or_empty(gx, input), _or_empty(gw, weight), _or_empty(gb, weight)
+
+
+@conv3d_backward_op.register_fake
+def _(grad_output, input, weight, stride, padding, dilation, groups, output_mask, backend):
+    gb = weight.new_empty(weight.shape[0]) if output_mask[2] else _empty(weight)
+    return _fake_grad_like(input, output_mask[0]), _fake_grad_like(weight, output_mask[1]), gb
+
+
+def _conv3d_setup(ctx, inputs, output):
+    input, weight, bias, stride, padding, dilation, groups, backend = inputs
+    ctx.save_for_backward(input, weight)
+    ctx.conv = (stride, padding, dilation, groups, backend)
+
+
+def _conv3d_backward(ctx, grad):
+    input, weight = ctx.saved_tensors
+    stride, padding, dilation, groups, backend = ctx.conv
+    mask = [bool(m) for m in ctx.needs_input_grad[:3]]
+    gx, gw, gb = conv3d_backward_op(grad, input, weight, stride, padding, dilation, groups, mask, backend)
+    return (
+        _none_if_empty(gx, mask[0]), _none_if_empty(gw, mask[1]), _none_if_empty(gb, mask[2]),
+        None, None, None, None, None,
+    )
+
+
+conv3d_op.register_autograd(_conv3d_backward, setup_context=_conv3d_setup)
+
+
+# ------------------------------------------------------------------------------------------------
+# inference form: act(conv3d(x, w) * scale + shift [+ residual])
+# ------------------------------------------------------------------------------------------------
+@torch.library.custom_op(f"{NAMESPACE}::conv3d_affine_act", mutates_args=())
+def conv3d_affine_act_op(
+    input: Tensor,
+    weight: Tensor,
+    scale: Tensor,
+    shift: Tensor,
+    residual: Optional[Tensor],
+    stride: List[int],
+    padding: List[int],
+    dilation: List[int],
+    groups: int,
+    relu: bool,
+    save_conv_out: bool,
+    backend: str,
+) -> Tuple[Tensor, Tensor]:
+    """Returns (out, conv_out); conv_out is empty unless save_conv_out (needed for d/d scale)."""
+    p = _params(input, weight, stride, padding, dilation, groups)
+    out, conv_out = get_backend(backend).affine_act_forward(
+        input, weight, scale, shift, residual, p, relu, save_conv_out
+    )
+    return out, _or_empty(conv_out if save_conv_out else None, input)
+
+
+@conv3d_affine_act_op.register_fake
+def _(input, weight, scale, shift, residual, stride, padding, dilation, groups, relu, save_conv_out, backend):
+    p = _params(input, weight, stride, padding, dilation, groups)
+    return _fake_out(input, p), (_fake_out(input, p) if save_conv_out else _empty(input))
+
+
+@torch.library.custom_op(f"{NAMESPACE}::conv3d_affine_act_backward", mutates_args=())
+def conv3d_affine_act_backward_op(
+    grad_output: Tensor,
+    out: Tensor,
+    conv_out: Tensor,
+    input: Tensor,
+    weight: Tensor,
+    scale: Tensor,
+    stride: List[int],
+    padding: List[int],
+    dilation: List[int],
+    groups: int,
+    relu: bool,
+    output_mask: List[bool],
+    backend: str,
+) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Gradients of (input, weight, scale, shift, residual)."""
+    p = _params(input, weight, stride, padding, dilation, groups)
+    fmt = memory_format_of(input)
+    grads = get_backend(backend).affine_act_backward(
+        grad_output.contiguous(memory_format=fmt), out, conv_out if conv_out.numel() else None,
+        input, weight, scale, p, relu, output_mask,
+    )
+    likes = (input, weight, scale, scale, input)
+    return tuple(_or_empty(g, like) for g, like in zip(grads, likes))  # type: ignore[return-value]
+
+
+@conv3d_affine_act_backward_op.register_fake
+def _(grad_output, out, conv_out, input, weight, scale, stride, padding, dilation, groups, relu,
+      output_mask, backend):
+    return (
+        _fake_grad_like(input, output_mask[0]),
+        _fake_grad_like(weight, output_mask[1]),
+        _fake_grad_like(scale, output_mask[2]),
+        _fake_grad_like(scale, output_mask[3]),
+        torch.empty_like(out, memory_format=memory_format_of(input)) if output_mask[4] else _empty(input),
+    )
+
+
+def _affine_setup(ctx, inputs, output):
+    (input, weight, scale, shift, residual, stride, padding, dilation, groups, relu, save_conv_out,
+     backend) = inputs
+    out, conv_out = output
+    ctx.mark_non_differentiable(conv_out)
+    ctx.save_for_backward(out, conv_out, input, weight, scale)
+    ctx.conv = (stride, padding, dilation, groups, relu, backend)
+
+
+def _affine_backward(ctx, grad_out, _grad_conv_out):
+    out, conv_out, input, weight, scale = ctx.saved_tensors
+    stride, padding, dilation, groups, relu, backend = ctx.conv
+    mask = [bool(m) for m in ctx.needs_input_grad[:5]]
+    grads = conv3d_affine_act_backward_op(
+        grad_out, out, conv_out, input, weight, scale, stride, padding, dilation, groups, relu, mask, backend
+    )
+    return tuple(_none_if_empty(g, m) for g, m in zip(grads, mask)) + (None,) * 7
+
+
+conv3d_affine_act_op.register_autograd(_affine_backward, setup_context=_affine_setup)
+
+
+# ------------------------------------------------------------------------------------------------
+# training form: act(batchnorm_train(conv3d(x, w)) [+ residual])
+# ------------------------------------------------------------------------------------------------
+@torch.library.custom_op(f"{NAMESPACE}::conv3d_batchnorm_act", mutates_args=())
+def conv3d_batchnorm_act_op(
+    input: Tensor,
+    weight: Tensor,
+    bn_weight: Tensor,
+    bn_bias: Tensor,
+    residual: Optional[Tensor],
+    stride: List[int],
+    padding: List[int],
+    dilation: List[int],
+    groups: int,
+    eps: float,
+    relu: bool,
+    backend: str,
+) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Returns (out, conv_out, batch mean, biased batch var); mean/var in fp32 (fp64 for fp64)."""
+    p = _params(input, weight, stride, padding, dilation, groups)
+    return tuple(get_backend(backend).batchnorm_act_forward(  # type: ignore[return-value]
+        input, weight, bn_weight, bn_bias, residual, p, eps, relu
+    ))
+
+
+@conv3d_batchnorm_act_op.register_fake
+def _(input, weight, bn_weight, bn_bias, residual, stride, padding, dilation, groups, eps, relu, backend):
+    p = _params(input, weight, stride, padding, dilation, groups)
+    stats = input.new_empty(p.out_channels, dtype=opmath_dtype(input.dtype))
+    return _fake_out(input, p), _fake_out(input, p), stats, torch.empty_like(stats)
+
+
+@torch.library.custom_op(f"{NAMESPACE}::conv3d_batchnorm_act_backward", mutates_args=())
+def conv3d_batchnorm_act_backward_op(
+    grad_output: Tensor,
+    out: Tensor,
+    conv_out: Tensor,
+    mean: Tensor,
+    var: Tensor,
+    input: Tensor,
+    weight: Tensor,
+    bn_weight: Tensor,
+    stride: List[int],
+    padding: List[int],
+    dilation: List[int],
+    groups: int,
+    eps: float,
+    relu: bool,
+    output_mask: List[bool],
+    backend: str,
+) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Gradients of (input, weight, bn_weight, bn_bias, residual)."""
+    p = _params(input, weight, stride, padding, dilation, groups)
+    fmt = memory_format_of(input)
+    grads = get_backend(backend).batchnorm_act_backward(
+        grad_output.contiguous(memory_format=fmt), out, conv_out, mean, var, input, weight, bn_weight,
+        p, eps, relu, output_mask,
+    )
+    likes = (input, weight, bn_weight, bn_weight, input)
+    return tuple(_or_empty(g, like) for g, like in zip(grads, likes))  # type: ignore[return-value]
+
+
+@conv3d_batchnorm_act_backward_op.register_fake
+def _(grad_output, out, conv_out, mean, var, input, weight, bn_weight, stride, padding, dilation, groups,
+      eps, relu, output_mask, backend):
+    return (
+        _fake_grad_like(input, output_mask[0]),
+        _fake_grad_like(weight, output_mask[1]),
+        _fake_grad_like(bn_weight, output_mask[2]),
+        _fake_grad_like(bn_weight, output_mask[3]),
+        torch.empty_like(out, memory_format=memory_format_of(input)) if output_mask[4] else _empty(input),
+    )
+
+
+def _bn_setup(ctx, inputs, output):
+    (input, weight, bn_weight, bn_bias, residual, stride, padding, dilation, groups, eps, relu,
+     backend) = inputs
+    out, conv_out, mean, var = output
+    ctx.mark_non_differentiable(conv_out, mean, var)
+    ctx.save_for_backward(out, conv_out, mean, var, input, weight, bn_weight)
+    ctx.conv = (stride, padding, dilation, groups, eps, relu, backend)
+
+
+def _bn_backward(ctx, grad_out, _g_conv_out, _g_mean, _g_var):
+    out, conv_out, mean, var, input, weight, bn_weight = ctx.saved_tensors
+    stride, padding, dilation, groups, eps, relu, backend = ctx.conv
+    mask = [bool(m) for m in ctx.needs_input_grad[:5]]
+    grads = conv3d_batchnorm_act_backward_op(
+        grad_out, out, conv_out, mean, var, input, weight, bn_weight, stride, padding, dilation, groups,
+        eps, relu, mask, backend,
+    )
+    return tuple(_none_if_empty(g, m) for g, m in zip(grads, mask)) + (None,) * 7
+
+
+conv3d_batchnorm_act_op.register_autograd(_bn_backward, setup_context=_bn_setup)
+
+
+def op_overloads() -> Sequence:
+    """Every custom op of the library (for opcheck and docs)."""
+    return (
+        conv3d_op, conv3d_backward_op, conv3d_affine_act_op, conv3d_affine_act_backward_op,
+        conv3d_batchnorm_act_op, conv3d_batchnorm_act_backward_op,
+    )
