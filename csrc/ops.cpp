@@ -6,6 +6,8 @@
 
 namespace video3d_fast {
 
+void set_poison_outputs(bool enabled);  // conv3d_bn_act.cpp
+
 bool cuda_compiled() {
 #ifdef WITH_CUDA
   return true;
@@ -16,6 +18,7 @@ bool cuda_compiled() {
 
 TORCH_LIBRARY(video3d_fast_kernels, m) {
   m.def("cuda_compiled() -> bool", &cuda_compiled);
+  m.def("set_poison_outputs(bool enabled) -> ()", &set_poison_outputs);
   // act(conv3d(input, weight) * scale + shift [+ residual]) -> (out, conv_out or empty)
   m.def(
       "affine_act_forward(Tensor input, Tensor weight, Tensor scale, Tensor shift, Tensor? residual, "

@@ -28,13 +28,15 @@ __all__ = ["conv3d", "conv3d_affine_act", "conv3d_batchnorm_act", "fold_batchnor
 
 def _autocast(*tensors: Optional[torch.Tensor]):
     """Cast floating activations/weights to the autocast dtype where autocast is on (like F.conv3d)."""
-    first = next(t for t in tensors if t is not None)
+    first = tensors[0]
+    if not isinstance(first, torch.Tensor):  # make_params reports the type error
+        return tensors
     device_type = first.device.type
     if not torch.is_autocast_enabled(device_type):
         return tensors
     dtype = torch.get_autocast_dtype(device_type)
     return tuple(
-        t.to(dtype) if t is not None and t.is_floating_point() and t.dtype != torch.float64 else t
+        t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() and t.dtype != torch.float64 else t
         for t in tensors
     )
 

@@ -35,6 +35,15 @@ def _or_empty(t: Optional[Tensor], like: Tensor) -> Tensor:
     return _empty(like) if t is None else t
 
 
+def _unaliased(outputs, inputs) -> tuple:
+    """Custom ops may not return (views of) their inputs: a backend may legitimately hand back e.g. the
+    incoming gradient as the residual's gradient, so copy such outputs."""
+    storages = {t.untyped_storage().data_ptr() for t in inputs if isinstance(t, Tensor) and t.numel()}
+    return tuple(
+        o.clone() if o.numel() and o.untyped_storage().data_ptr() in storages else o for o in outputs
+    )
+
+
 def _none_if_empty(t: Tensor, wanted: bool) -> Optional[Tensor]:
     return t if wanted else None
 
@@ -66,7 +75,7 @@ def conv3d_op(
     backend: str,
 ) -> Tensor:
     p = _params(input, weight, stride, padding, dilation, groups)
-    return get_backend(backend).conv3d_forward(input, weight, bias, p)
+    return _unaliased((get_backend(backend).conv3d_forward(input, weight, bias, p),), (input, weight, bias))[0]
 
 
 @conv3d_op.register_fake
@@ -89,7 +98,8 @@ def conv3d_backward_op(
     p = _params(input, weight, stride, padding, dilation, groups)
     gx, gw, gb = get_backend(backend).conv3d_backward(grad_output.contiguous(
         memory_format=memory_format_of(input)), input, weight, p, output_mask)
-    return _or_empty(gx, input), _or_empty(gw, weight), _or_empty(gb, weight)
+    return _unaliased((_or_empty(gx, input), _or_empty(gw, weight), _or_empty(gb, weight)),
+                      (grad_output, input, weight))
 
 
 @conv3d_backward_op.register_fake
@@ -141,7 +151,8 @@ def conv3d_affine_act_op(
     out, conv_out = get_backend(backend).affine_act_forward(
         input, weight, scale, shift, residual, p, relu, save_conv_out
     )
-    return out, _or_empty(conv_out if save_conv_out else None, input)
+    return _unaliased((out, _or_empty(conv_out if save_conv_out else None, input)),
+                      (input, weight, scale, shift, residual))
 
 
 @conv3d_affine_act_op.register_fake
@@ -174,7 +185,8 @@ def conv3d_affine_act_backward_op(
         input, weight, scale, p, relu, output_mask,
     )
     likes = (input, weight, scale, scale, input)
-    return tuple(_or_empty(g, like) for g, like in zip(grads, likes))  # type: ignore[return-value]
+    return _unaliased((_or_empty(g, like) for g, like in zip(grads, likes)),
+                      (grad_output, out, conv_out, input, weight, scale))
 
 
 @conv3d_affine_act_backward_op.register_fake
@@ -231,9 +243,8 @@ def conv3d_batchnorm_act_op(
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """Returns (out, conv_out, batch mean, biased batch var); mean/var in fp32 (fp64 for fp64)."""
     p = _params(input, weight, stride, padding, dilation, groups)
-    return tuple(get_backend(backend).batchnorm_act_forward(  # type: ignore[return-value]
-        input, weight, bn_weight, bn_bias, residual, p, eps, relu
-    ))
+    outputs = get_backend(backend).batchnorm_act_forward(input, weight, bn_weight, bn_bias, residual, p, eps, relu)
+    return _unaliased(outputs, (input, weight, bn_weight, bn_bias, residual))
 
 
 @conv3d_batchnorm_act_op.register_fake
@@ -270,7 +281,8 @@ def conv3d_batchnorm_act_backward_op(
         p, eps, relu, output_mask,
     )
     likes = (input, weight, bn_weight, bn_weight, input)
-    return tuple(_or_empty(g, like) for g, like in zip(grads, likes))  # type: ignore[return-value]
+    return _unaliased((_or_empty(g, like) for g, like in zip(grads, likes)),
+                      (grad_output, out, conv_out, mean, var, input, weight, bn_weight))
 
 
 @conv3d_batchnorm_act_backward_op.register_fake

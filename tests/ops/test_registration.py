@@ -1,0 +1,123 @@
+"""The ops are real PyTorch ops: torch.library.opcheck passes, gradcheck in float64 passes through the
+custom ops, and torch.compile(fullgraph=True) traces forward and backward through them."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from video3d_fast import ops
+from video3d_fast.ops import library, reference
+
+from .helpers import ConvProblem, assert_close, leaf
+
+pytestmark = pytest.mark.usefixtures("cpu_extension")
+
+PROBLEMS = {
+    "grouped-strided-residual": ConvProblem(n=2, c=4, k=6, size=(3, 4, 5), stride=(1, 2, 1), groups=2, residual=True,
+                                            dtype=torch.float64),
+    "dilated-channels-last": ConvProblem(n=1, c=3, k=4, size=(4, 5, 4), dilation=(2, 1, 1), padding=(2, 1, 1),
+                                         layout="ndhwc", dtype=torch.float64),
+}
+
+
+def _conv_args(p):
+    return [list(p.stride), list(p.padding), list(p.dilation), p.groups]
+
+
+@pytest.mark.parametrize("backend", ["cpu", "aten"])
+@pytest.mark.parametrize("name", list(PROBLEMS))
+def test_opcheck_passes_for_every_custom_op(backend, name):
+    p = PROBLEMS[name]
+    x, w, scale, shift, res = p.make(torch.Generator().manual_seed(0))
+    grads = [leaf(t) for t in (x, w, scale, shift, res)]
+    args = _conv_args(p)
+    torch.library.opcheck(library.conv3d_op, (grads[0], grads[1], None, *args, backend))
+    torch.library.opcheck(library.conv3d_affine_act_op, (*grads, *args, True, True, backend))
+    torch.library.opcheck(library.conv3d_affine_act_op, (x, w, scale, shift, None, *args, False, False, backend))
+    torch.library.opcheck(library.conv3d_batchnorm_act_op, (*grads, *args, 1e-5, True, backend))
+    # The backward ops directly, with a partial output mask.
+    out, conv_out, mean, var = library.conv3d_batchnorm_act_op(x, w, scale, shift, res, *args, 1e-5, True, backend)
+    g = torch.randn_like(out)
+    mask = [True, False, True, False, res is not None]
+    torch.library.opcheck(library.conv3d_batchnorm_act_backward_op,
+                          (g, out, conv_out, mean, var, x, w, scale, *args, 1e-5, True, mask, backend))
+    out, conv_out = library.conv3d_affine_act_op(x, w, scale, shift, res, *args, True, True, backend)
+    torch.library.opcheck(library.conv3d_affine_act_backward_op,
+                          (g, out, conv_out, x, w, scale, *args, True, [False, True, True, True, False], backend))
+    torch.library.opcheck(library.conv3d_backward_op, (g, x, w, *args, [True, True, True], backend))
+
+
+@pytest.mark.parametrize("name", list(PROBLEMS))
+def test_gradcheck_float64_through_cpu_custom_ops(name):
+    p = PROBLEMS[name]
+    x, w, scale, shift, res = [leaf(t) for t in p.make(torch.Generator().manual_seed(1))]
+    kw = p.conv_kwargs
+
+    def affine(x, w, scale, shift, res):
+        return ops.conv3d_affine_act(x, w, scale, shift, res, backend="cpu", **kw)
+
+    def batchnorm(x, w, gamma, beta, res):
+        return ops.conv3d_batchnorm_act(x, w, gamma, beta, None, None, None, res, backend="cpu", **kw)
+
+    inputs = tuple(t for t in (x, w, scale, shift, res))
+    # ReLU kinks: the random data keeps pre-activations away from 0 with overwhelming probability.
+    assert torch.autograd.gradcheck(affine, inputs, eps=1e-6, atol=1e-6)
+    assert torch.autograd.gradcheck(batchnorm, inputs, eps=1e-6, atol=1e-5)
+    assert torch.autograd.gradcheck(lambda x, w: ops.conv3d(x, w, backend="cpu", **kw), (x, w))
+
+
+def _fused_block(x, w1, w2, bn_w, bn_b, rm, rv, nbt, scale, shift, backend):
+    """A residual block mixing all three ops, as a model would."""
+    y = ops.conv3d_batchnorm_act(x, w1, bn_w, bn_b, rm, rv, nbt, padding=1, backend=backend)
+    y = ops.conv3d(y, w2, padding=1, groups=2, backend=backend)
+    return ops.conv3d_affine_act(y, w1, scale, shift, residual=x, padding=1, backend=backend)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "aten"])
+def test_torch_compile_fullgraph_traces_forward_and_backward(backend):
+    torch._dynamo.reset()
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 4, 3, 4, 4, generator=gen)
+    w1 = torch.randn(4, 4, 3, 3, 3, generator=gen) * 0.2
+    w2 = torch.randn(4, 2, 3, 3, 3, generator=gen) * 0.2
+    bn_w, bn_b = torch.rand(4, generator=gen) + 0.5, torch.randn(4, generator=gen)
+    scale, shift = torch.rand(4, generator=gen) + 0.5, torch.randn(4, generator=gen)
+    params_eager = [leaf(t) for t in (x, w1, w2, bn_w, bn_b, scale, shift)]
+    params_comp = [leaf(t) for t in (x, w1, w2, bn_w, bn_b, scale, shift)]
+    stats_eager = [torch.zeros(4), torch.ones(4), torch.tensor(0)]
+    stats_comp = [torch.zeros(4), torch.ones(4), torch.tensor(0)]
+
+    def run(params, stats, fn):
+        x, w1, w2, bn_w, bn_b, scale, shift = params
+        return fn(x, w1, w2, bn_w, bn_b, *stats, scale, shift, backend)
+
+    compiled = torch.compile(_fused_block, fullgraph=True)
+    y_eager = run(params_eager, stats_eager, _fused_block)
+    y_comp = run(params_comp, stats_comp, compiled)
+    assert_close(y_comp, y_eager, torch.float32, "compiled forward")
+    y_eager.square().sum().backward()
+    y_comp.square().sum().backward()
+    for a, b in zip(params_comp, params_eager):
+        assert_close(a.grad, b.grad, torch.float32, "compiled grad", 5.0)
+    for a, b in zip(stats_comp, stats_eager):
+        assert torch.allclose(a.float(), b.float(), rtol=1e-5, atol=1e-6), "running stats under compile"
+
+
+def test_torch_backend_is_plain_autograd_without_custom_ops():
+    p = ConvProblem(dtype=torch.float64)
+    x, w, scale, shift, _ = p.make(torch.Generator().manual_seed(3))
+    y = ops.conv3d_affine_act(leaf(x), w, scale, shift, padding=1, backend="torch")
+    assert "video3d_fast" not in type(y.grad_fn).__name__
+    assert_close(y, reference.conv3d_affine_act(x, w, scale, shift, padding=1), torch.float64, "torch backend")
+
+
+@pytest.mark.parametrize("backend", ["cpu", "torch"])
+def test_autocast_runs_fused_ops_in_bfloat16_like_f_conv3d(backend):
+    p = ConvProblem(dtype=torch.float32, residual=True)
+    x, w, scale, shift, res = p.make(torch.Generator().manual_seed(4))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = ops.conv3d_affine_act(x, w, scale, shift, res, backend=backend, **p.conv_kwargs)
+        plain = torch.nn.functional.conv3d(x, w, None, p.stride, p.padding)
+    assert y.dtype == plain.dtype == torch.bfloat16
+    expected = reference.conv3d_affine_act(x.bfloat16(), w.bfloat16(), scale, shift, res.bfloat16(), **p.conv_kwargs)
+    assert_close(y, expected, torch.bfloat16, "autocast output")
