@@ -157,6 +157,12 @@ def _cuda_compiled() -> bool:
 
 
 def _try_prebuilt() -> Optional[str]:
+    built = sorted(PACKAGE_DIR.glob("_C*.so"))
+    if built and CSRC_DIR.is_dir():
+        newest_source = max((p.stat().st_mtime for p in CSRC_DIR.rglob("*") if p.is_file()), default=0.0)
+        if newest_source > built[0].stat().st_mtime:
+            # An edited csrc/ must not run old kernels: fall through to the JIT build of the sources.
+            return f"prebuilt {built[0].name} is older than csrc/ (rebuild with `make setup`)"
     try:
         from . import _C  # noqa: F401  (importing registers the ops)
     except ImportError as exc:

@@ -50,21 +50,23 @@ class ConvProblem:
         )
 
     def make(self, generator: Optional[torch.Generator] = None, device="cpu"):
-        """Fresh random input, weight, per-channel vectors and residual (never zeros)."""
+        """Fresh random input, weight, per-channel vectors and residual (never zeros), on ``device``
+        and in the problem's layout."""
         g = generator
         x = torch.randn(self.n, self.c, *self.size, generator=g, dtype=torch.float64)
         fan_in = (self.c // self.groups) * self.kernel[0] * self.kernel[1] * self.kernel[2]
         w = torch.randn(self.k, self.c // self.groups, *self.kernel, generator=g, dtype=torch.float64) / fan_in**0.5
-        x, w = x.to(self.dtype), w.to(self.dtype)
-        x = apply_layout(x, self.layout)
         vec_dtype = torch.float64 if self.dtype == torch.float64 else torch.float32
         scale = (torch.rand(self.k, generator=g, dtype=torch.float64) + 0.5).to(vec_dtype)
         shift = torch.randn(self.k, generator=g, dtype=torch.float64).to(vec_dtype) * 0.5
         res = None
         if self.residual:
-            res = torch.randn(self.n, self.k, *self.out_size(), generator=g, dtype=torch.float64).to(self.dtype)
-            res = apply_layout(res, self.layout)
-        return [t if t is None else t.to(device) for t in (x, w, scale, shift, res)]
+            res = torch.randn(self.n, self.k, *self.out_size(), generator=g, dtype=torch.float64)
+        x = apply_layout(x.to(device=device, dtype=self.dtype), self.layout)
+        w = w.to(device=device, dtype=self.dtype)
+        if res is not None:
+            res = apply_layout(res.to(device=device, dtype=self.dtype), self.layout)
+        return [x, w, scale.to(device), shift.to(device), res]
 
 
 def apply_layout(t: torch.Tensor, layout: str) -> torch.Tensor:
@@ -79,4 +81,5 @@ def apply_layout(t: torch.Tensor, layout: str) -> torch.Tensor:
 
 
 def leaf(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-    return None if t is None else t.detach().clone().requires_grad_(True)
+    """A fresh autograd leaf with the same values *and strides* (clone() would densify strided views)."""
+    return None if t is None else t.detach().requires_grad_(True)

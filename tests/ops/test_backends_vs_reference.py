@@ -79,7 +79,9 @@ def test_affine_act_matches_reference_values_and_grads(backend, p, relu, seed):
 @GRID
 @given(p=problems(), relu=st.booleans(), momentum=st.sampled_from([0.1, 0.5, None]), seed=st.integers(0, 2**16))
 def test_batchnorm_act_matches_reference_values_grads_and_running_stats(backend, p, relu, momentum, seed):
-    assume(p.n * p.out_size()[0] * p.out_size()[1] * p.out_size()[2] > 1)  # BN needs > 1 value per channel
+    # BN needs > 1 value per channel; with 2 or 3 the normalised output barely depends on the input, so
+    # input/weight gradients are pure rounding noise and relative errors mean nothing.
+    assume(p.n * p.out_size()[0] * p.out_size()[1] * p.out_size()[2] >= 4)
     gen = torch.Generator().manual_seed(seed)
     x, w, gamma, beta, res = p.make(gen)
     stat_dtype = torch.float64 if p.dtype == torch.float64 else torch.float32
