@@ -1,0 +1,135 @@
+"""CPU microbenchmark: the fused inference op on the "cpu" backend (C++ extension) against torch eager
+(F.conv3d + F.batch_norm(eval) [+ residual] + F.relu) on the 3x3x3 conv layers of 3D ResNet-18 and
+ResNeXt-101 at 16x112x112 input.
+
+    python benchmarks/bench_cpu_ops.py [--batch 2 4 8] [--out DIR] [--quick] [--layout ndhwc|ncdhw]
+
+Eager and fused runs are interleaved round by round and each keeps its fastest round, so background
+load on the machine biases neither side. Shapes come from the models (unique_conv_shapes). The same
+cases serve the pytest-benchmark file benchmarks/test_bench_cpu_ops.py.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Tuple
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.common import environment, results_dir, write_results  # noqa: E402
+from video3d_fast import ops  # noqa: E402
+from video3d_fast.models import unique_conv_shapes  # noqa: E402
+
+MODELS = (("resnet", 18, {}), ("resnext", 101, {}))
+
+
+def cases(batches=(2, 4, 8), kernel=(3, 3, 3)) -> List[dict]:
+    """The models' unique conv shapes with the given kernel, for each batch size."""
+    out = []
+    for model, depth, kw in MODELS:
+        for batch in batches:
+            for s in unique_conv_shapes(model=model, model_depth=depth, sample_duration=16, sample_size=112,
+                                        batch=batch, **kw):
+                if tuple(s["kernel"]) == tuple(kernel):
+                    out.append({**s, "model": f"{model}-{depth}"})
+    return out
+
+
+def make_pair(case: dict, layout: str = "ndhwc") -> Tuple[Callable[[], torch.Tensor], Callable[[], torch.Tensor]]:
+    """(eager, fused) closures over fresh random data for one conv shape, inference form."""
+    gen = torch.Generator().manual_seed(0)
+    n, c, k, g = case["batch"], case["in_channels"], case["out_channels"], case["groups"]
+    fmt = torch.channels_last_3d if layout == "ndhwc" else torch.contiguous_format
+    x = torch.randn(n, c, *case["in_size"], generator=gen).contiguous(memory_format=fmt)
+    fan_in = (c // g) * 27
+    w = (torch.randn(k, c // g, *case["kernel"], generator=gen) / fan_in**0.5).contiguous(memory_format=fmt)
+    follow = case.get("followed_by", "bn_relu")
+    res = torch.randn(n, k, *case["out_size"], generator=gen).contiguous(memory_format=fmt) if "add" in follow else None
+    relu = follow.endswith("relu")
+    bn = torch.nn.BatchNorm3d(k).eval()
+    with torch.no_grad():
+        bn.running_mean.normal_(generator=gen)
+        bn.running_var.uniform_(0.5, 2.0, generator=gen)
+        bn.weight.uniform_(0.5, 1.5, generator=gen)
+        bn.bias.normal_(generator=gen)
+        scale, shift = ops.fold_batchnorm(bn)
+    kw = dict(stride=tuple(case["stride"]), padding=tuple(case["padding"]), dilation=tuple(case["dilation"]),
+              groups=g)
+
+    def eager():
+        y = F.batch_norm(F.conv3d(x, w, None, **kw), bn.running_mean, bn.running_var, bn.weight, bn.bias, False)
+        if res is not None:
+            y = y + res
+        return F.relu(y) if relu else y
+
+    def fused():
+        return ops.conv3d_affine_act(x, w, scale, shift, res, activation="relu" if relu else "none", backend="cpu",
+                                     **kw)
+
+    return eager, fused
+
+
+def interleaved_min(fns: Dict[str, Callable[[], object]], rounds: int, min_seconds: float) -> Dict[str, float]:
+    best = {name: float("inf") for name in fns}
+    for fn in fns.values():  # warm-up: oneDNN primitive creation, allocator
+        fn()
+    start = time.perf_counter()
+    r = 0
+    while r < rounds or time.perf_counter() - start < min_seconds:
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            best[name] = min(best[name], (time.perf_counter() - t0) * 1e3)
+        r += 1
+        if r >= 4 * rounds:
+            break
+    return best
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batch", type=int, nargs="+", default=[2, 4, 8])
+    ap.add_argument("--layout", choices=["ndhwc", "ncdhw"], default="ndhwc")
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--quick", action="store_true", help="batch 2 only, fewer rounds")
+    args = ap.parse_args(argv)
+    status = ops.available_backends()["cpu"]
+    if not status.available:
+        print(f"cpu backend unavailable: {status.reason}", file=sys.stderr)
+        return 2
+    batches = [2] if args.quick else args.batch
+    rows = []
+    with torch.no_grad():
+        for case in cases(batches):
+            eager, fused = make_pair(case, args.layout)
+            err = ((fused() - eager()).norm() / eager().norm()).item()
+            best = interleaved_min({"eager": eager, "fused": fused}, rounds=3 if args.quick else 5,
+                                   min_seconds=0.5 if args.quick else 2.0)
+            row = dict(model=case["model"], layer=case["name"], count=case["count"], batch=case["batch"],
+                       shape=f"{case['in_channels']}x{'x'.join(map(str, case['in_size']))} "
+                             f"s{case['stride'][0]} g{case['groups']} -> {case['out_channels']}",
+                       follow=case.get("followed_by", ""), eager_ms=best["eager"], fused_ms=best["fused"],
+                       speedup=best["eager"] / best["fused"], rel_err=err)
+            rows.append(row)
+            print(f"{row['model']:11s} b{row['batch']} {row['shape']:28s} {row['follow']:12s} eager "
+                  f"{row['eager_ms']:8.2f} ms fused {row['fused_ms']:8.2f} ms  x{row['speedup']:.2f}", flush=True)
+    speedups = [r["speedup"] for r in rows]
+    notes = [
+        f"layout {args.layout}, fp32, {torch.get_num_threads()} threads; best of interleaved rounds",
+        f"**speedup fused/eager: min {min(speedups):.2f}x, max {max(speedups):.2f}x, "
+        f"faster on {sum(s > 1.0 for s in speedups)}/{len(speedups)} shapes**",
+    ]
+    path = write_results(results_dir(args.out), f"cpu_ops_{args.layout}", environment(), rows,
+                         ["model", "layer", "count", "batch", "shape", "follow", "eager_ms", "fused_ms", "speedup",
+                          "rel_err"], "Fused inference op on the cpu backend vs torch eager", notes)
+    print("\n".join(notes))
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# The project's GPU suite: ONE command for the GPU machine (H100, torch 2.11 + triton 3.6, no network).
+#   bash benchmarks/gpu_suite.sh [OUT_DIR]        (or VIDEO3D_FAST_RESULTS=OUT_DIR; default benchmarks/results/)
+#   QUICK=1 bash benchmarks/gpu_suite.sh          (fewer shapes and repetitions)
+# Steps: build the extension with its CUDA kernels (JIT, installs nothing), run the `gpu` tests, run the GPU
+# microbenchmarks, write JSON + markdown into OUT_DIR, print a short table last. Each step has a time limit so
+# that the whole suite ends in under 8 minutes; a failing step is reported and the suite goes on.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT_DIR="${1:-${VIDEO3D_FAST_RESULTS:-benchmarks/results}}"
+mkdir -p "$OUT_DIR"
+PY="${PYTHON:-python3}"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+export VIDEO3D_FAST_CUDA=1 VIDEO3D_FAST_BUILD_DIR="${VIDEO3D_FAST_BUILD_DIR:-/tmp/video3d_fast_build}"
+export VIDEO3D_FAST_RESULTS="$OUT_DIR"
+QUICK_FLAG=""; [ "${QUICK:-0}" = "1" ] && QUICK_FLAG="--quick"
+SUMMARY="$OUT_DIR/gpu_suite_summary.md"
+suite_start=$(date +%s)
+rm -f "$OUT_DIR/gpu_suite.log" "$OUT_DIR/gpu_tests.log"
+status_rows=()
+
+step() {  # step NAME TIMEOUT_S LOGFILE COMMAND...   (output also goes to LOGFILE)
+  local name=$1 limit=$2 log=$3; shift 3
+  local t0; t0=$(date +%s)
+  echo "=== [$name] (limit ${limit}s): $*"
+  timeout --signal=INT --kill-after=15 "$limit" "$@" > >(tee -a "$log") 2>&1
+  local rc=$?
+  sleep 0.2  # let tee drain
+  local dt=$(( $(date +%s) - t0 ))
+  echo "=== [$name] rc=$rc in ${dt}s"
+  status_rows+=("| $name | $rc | ${dt}s |")
+  return $rc
+}
+
+{
+  echo "# GPU suite $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | sed 's/^/GPU: /'
+  "$PY" -c "import torch, sys; import triton; print(f'python {sys.version.split()[0]}, torch {torch.__version__}, cuda {torch.version.cuda}, cudnn {torch.backends.cudnn.version()}, triton {triton.__version__}')" 2>&1
+} | tee "$SUMMARY"
+
+step build 240 "$OUT_DIR/gpu_suite.log" "$PY" -c "
+import time; t = time.time()
+from video3d_fast._extension import load_extension
+s = load_extension()
+print(f'extension loaded={s.loaded} how={s.how} cuda_compiled={s.cuda_compiled} reason={s.reason!r} in {time.time()-t:.0f}s')
+from video3d_fast import ops
+for b in ops.available_backends().values(): print(f'  backend {b.name:7s}', 'ok' if b.available else b.reason)
+assert s.loaded and s.cuda_compiled
+"
+
+step gpu-tests 200 "$OUT_DIR/gpu_tests.log" "$PY" -m pytest -m gpu -q -p no:cacheprovider --maxfail=20 \
+  -o addopts="" -rfE --hypothesis-seed=0 tests
+
+step bench-ops 90 "$OUT_DIR/gpu_suite.log" "$PY" benchmarks/gpu_bench_ops.py --out "$OUT_DIR" $QUICK_FLAG
+if [ -f benchmarks/gpu_bench_triton.py ]; then
+  step bench-triton 210 "$OUT_DIR/gpu_suite.log" "$PY" benchmarks/gpu_bench_triton.py --out "$OUT_DIR" $QUICK_FLAG
+fi
+
+{
+  echo; echo "| step | rc | time |"; echo "|---|---|---|"
+  printf '%s\n' "${status_rows[@]}"
+  echo; echo "total $(( $(date +%s) - suite_start ))s"
+  echo; echo "gpu tests:"; grep -E "passed|failed|error" "$OUT_DIR/gpu_tests.log" | tail -n 5
+  for f in "$OUT_DIR"/gpu_ops.md "$OUT_DIR"/triton_conv.md; do
+    [ -f "$f" ] && { echo; grep -E '^(#|- |\*\*)' "$f" | head -n 20; }
+  done
+} | tee -a "$SUMMARY"
