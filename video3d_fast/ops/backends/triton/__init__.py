@@ -1,0 +1,169 @@
+"""Backend "triton": implicit-GEMM 3D convolution kernels written in Triton, with BatchNorm, residual
+and ReLU fused around them, forward and backward.
+
+Kernel families, one file each (every file's top comment states its conv -> GEMM mapping):
+
+* ``conv3d_fwd.py``  forward conv, dense and grouped, fused epilogue: scale/shift (conv bias or
+  folded eval BN), residual, ReLU; or, for the training form, the pre-BN output plus per-tile BN
+  statistics partials;
+* ``conv3d_dgrad.py`` input gradient, stride phases decomposed (no wasted MMAs at stride 2);
+* ``conv3d_wgrad.py`` weight gradient, split-K over N*Do*Ho*Wo with fp32 partials;
+* ``grouped.py``     the block-diagonal group tiling all three share (several groups per tile);
+* ``bn.py``          BN finalize, BN-apply + residual + ReLU, backward reductions with dReLU, and the
+  gradient prologue (BN backward / affine scale, dReLU) feeding dgrad and wgrad;
+* ``autotune.py``    tile configurations, heuristic by default, opt-in cached autotuning.
+
+Kernels run on CUDA tensors, and on CPU tensors through Triton's interpreter when TRITON_INTERPRET=1
+is set before this backend's kernels are first used (Triton fixes the mode when a kernel is defined,
+so the kernel modules are imported lazily, on the first call).
+
+What runs the inherited ATen composite instead: float64 data (every method; Triton's fp64 dot is
+not part of this backend's tested surface). Everything else -- fp16, bf16, fp32 (TF32 when
+``torch.backends.cudnn.allow_tf32``), any stride/padding/dilation/groups, any layout -- runs the
+kernels here.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Optional
+
+import torch
+
+from ...params import memory_format_of
+from ..base import Backend
+
+_KERNEL_MODULE = __name__ + ".common"
+
+
+def _interpret_requested() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _uses_kernels(x: torch.Tensor) -> bool:
+    return x.dtype in (torch.float16, torch.bfloat16, torch.float32)
+
+
+class TritonBackend(Backend):
+    """The ``triton`` backend (see the module docstring for what each method launches)."""
+
+    name = "triton"
+
+    # --- availability -------------------------------------------------------------------------
+    def unavailable_reason(self) -> Optional[str]:
+        try:
+            import triton  # noqa: F401
+        except ImportError as exc:
+            return f"triton is not installed ({exc})"
+        if torch.cuda.is_available() or _interpret_requested():
+            return None
+        return "no CUDA device is visible to torch and TRITON_INTERPRET=1 is not set"
+
+    def device_reason(self, device: torch.device) -> Optional[str]:
+        kernels = sys.modules.get(_KERNEL_MODULE)
+        if device.type == "cuda":
+            if kernels is not None and kernels.INTERPRETED:
+                return "the Triton kernels were defined under TRITON_INTERPRET=1 and only run on CPU tensors"
+            return None
+        if device.type == "cpu":
+            if not _interpret_requested():
+                return "Triton runs on CUDA tensors (CPU tensors only under TRITON_INTERPRET=1)"
+            if kernels is not None and not kernels.INTERPRETED:
+                return ("TRITON_INTERPRET=1 was set after the Triton kernels were defined; set it before "
+                        "the first triton-backend call")
+            return None
+        return f"the triton backend runs on cuda tensors (cpu under TRITON_INTERPRET=1), got {device.type}"
+
+    # --- plain / grouped conv -----------------------------------------------------------------
+    def conv3d_forward(self, x, w, bias, p):
+        if not _uses_kernels(x):
+            return super().conv3d_forward(x, w, bias, p)
+        from .conv3d_fwd import conv3d_fwd
+
+        return conv3d_fwd(x, w, p, shift=None if bias is None else bias.contiguous()).out
+
+    def conv3d_backward(self, grad, x, w, p, mask):
+        if not _uses_kernels(x):
+            return super().conv3d_backward(grad, x, w, p, mask)
+        from .bn import grad_sums
+        from .conv3d_dgrad import conv3d_dgrad
+        from .conv3d_wgrad import conv3d_wgrad
+
+        gx = conv3d_dgrad(grad, w, p, memory_format_of(x)) if mask[0] else None
+        gw = conv3d_wgrad(grad, x, w, p) if mask[1] else None
+        gb = grad_sums(grad, None, False)[0].to(grad.dtype) if mask[2] else None
+        return gx, gw, gb
+
+    # --- inference form -----------------------------------------------------------------------
+    def affine_act_forward(self, x, w, scale, shift, residual, p, relu, save_conv_out):
+        if not _uses_kernels(x):
+            return super().affine_act_forward(x, w, scale, shift, residual, p, relu, save_conv_out)
+        from .conv3d_fwd import conv3d_fwd
+
+        r = conv3d_fwd(x, w, p, scale=scale.contiguous(), shift=shift.contiguous(), residual=residual,
+                       relu=relu, store_conv=save_conv_out)
+        return r.out, r.conv
+
+    def affine_act_backward(self, grad, out, conv_out, x, w, scale, p, relu, mask):
+        if not _uses_kernels(x):
+            return super().affine_act_backward(grad, out, conv_out, x, w, scale, p, relu, mask)
+        from .bn import grad_prologue, grad_sums
+
+        g_scale = g_shift = g_res = None
+        if mask[2] and conv_out is None:
+            raise RuntimeError("grad of scale needs the saved conv output (save_conv_out=True)")
+        if mask[2] or mask[3]:
+            sum_g, sum_gc = grad_sums(grad, out, relu, c=conv_out if mask[2] else None)
+            g_scale = sum_gc.to(scale.dtype) if mask[2] else None
+            g_shift = sum_g.to(scale.dtype) if mask[3] else None
+        gc = None
+        if mask[0] or mask[1] or mask[4]:
+            gc, g_res = grad_prologue(grad, out, relu, scale.contiguous(), store_gc=bool(mask[0] or mask[1]),
+                                      gz_format=memory_format_of(x) if mask[4] else None)
+        gx, gw = self._conv_grads(gc, x, w, p, mask)
+        return [gx, gw, g_scale, g_shift, g_res]
+
+    # --- training form ------------------------------------------------------------------------
+    def batchnorm_act_forward(self, x, w, gamma, beta, residual, p, eps, relu):
+        if not _uses_kernels(x):
+            return super().batchnorm_act_forward(x, w, gamma, beta, residual, p, eps, relu)
+        from .bn import bn_finalize, channel_affine_act
+        from .conv3d_fwd import conv3d_fwd
+
+        r = conv3d_fwd(x, w, p, store_out=False, store_conv=True, stats=True)
+        mean, var, a, b = bn_finalize(r.tile_sum, r.tile_m2, r.block_m, p.gemm_m, gamma.contiguous(),
+                                      beta.contiguous(), eps)
+        out = channel_affine_act(r.conv, a, b, residual, relu, memory_format_of(x))
+        return out, r.conv, mean, var
+
+    def batchnorm_act_backward(self, grad, out, conv_out, mean, var, x, w, gamma, p, eps, relu, mask):
+        if not _uses_kernels(x):
+            return super().batchnorm_act_backward(grad, out, conv_out, mean, var, x, w, gamma, p, eps, relu, mask)
+        from .bn import grad_prologue, grad_sums
+
+        need_gc = bool(mask[0] or mask[1])
+        g_gamma = g_beta = g_res = gc = None
+        if need_gc or mask[2] or mask[3]:
+            mean, var = mean.float().contiguous(), var.float().contiguous()
+            sum_g, sum_gc = grad_sums(grad, out, relu, c=conv_out, center=mean)
+            if mask[2]:
+                g_gamma = (sum_gc * torch.rsqrt(var + eps)).to(gamma.dtype)
+            if mask[3]:
+                g_beta = sum_g.to(gamma.dtype)
+        if need_gc or mask[4]:
+            bn = (conv_out, mean, var, sum_g, sum_gc, eps) if need_gc else None
+            gc, g_res = grad_prologue(grad, out, relu, gamma.contiguous(), store_gc=need_gc,
+                                      gz_format=memory_format_of(x) if mask[4] else None, bn=bn)
+        gx, gw = self._conv_grads(gc, x, w, p, mask)
+        return [gx, gw, g_gamma, g_beta, g_res]
+
+    # --- shared -------------------------------------------------------------------------------
+    @staticmethod
+    def _conv_grads(gc, x, w, p, mask):
+        """(grad_input, grad_weight) of the conv from the conv-output gradient ``gc``."""
+        from .conv3d_dgrad import conv3d_dgrad
+        from .conv3d_wgrad import conv3d_wgrad
+
+        gx = conv3d_dgrad(gc, w, p, memory_format_of(x)) if mask[0] else None
+        gw = conv3d_wgrad(gc, x, w, p) if mask[1] else None
+        return gx, gw

@@ -1,0 +1,140 @@
+"""Tile configurations of the conv kernels: a heuristic choice per op and shape class, and an opt-in
+tiny autotune over a few candidates, cached per (device, op, problem).
+
+Defaults are conservative on purpose: num_warps=4 everywhere (the flattened-tap implicit-GEMM loop is
+known to miscompile with 8 warps in Inductor's conv template, pytorch #173068), 2-3 pipeline stages,
+tiles no larger than 128x128. ``VIDEO3D_FAST_TRITON_AUTOTUNE=1`` times the candidates once per problem
+on the device and keeps the fastest; under the interpreter small tiles are used so that tests cover
+several tiles per problem quickly.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+
+from ...params import Conv3dParams
+from .common import INTERPRETED, cdiv, next_pow2
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    """BLOCK_M/N/K of the kernel's GEMM view (see the comment atop each kernel), warps and stages.
+
+    ``split_k`` is used by wgrad only (0 = choose from the problem size)."""
+
+    block_m: int
+    block_n: int
+    block_k: int
+    num_warps: int = 4
+    num_stages: int = 2
+    split_k: int = 0
+
+
+_cache: Dict[Tuple, KernelConfig] = {}
+
+
+def autotune_enabled() -> bool:
+    return not INTERPRETED and os.environ.get("VIDEO3D_FAST_TRITON_AUTOTUNE", "0") == "1"
+
+
+def _sm_count(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 4
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def _block_k_for(red_per_tile: int, cap: int) -> int:
+    """Largest power-of-two BLOCK_K <= cap dividing the per-tap channel count (tap-aligned loop), else
+    a general flattened-K block of 32 (16 under the interpreter)."""
+    for bk in (64, 32, 16):
+        if bk <= cap and red_per_tile % bk == 0:
+            return bk
+    return 16 if INTERPRETED else 32
+
+
+def _out_block(out_per_group: int, groups: int, total_out: int, cap: int) -> int:
+    """BLOCK_N over output channels: whole small groups per tile (block-diagonal), or up to ``cap``."""
+    if groups > 1 and out_per_group < cap:
+        return max(16, next_pow2(out_per_group))
+    return max(16, min(cap, next_pow2(total_out if groups == 1 else out_per_group)))
+
+
+def _gemm_tile_candidates(rows: int, out_per_group: int, red_per_group: int, groups: int, total_out: int,
+                          device: torch.device) -> List[KernelConfig]:
+    """Candidates of fprop/dgrad (rows = output positions, columns = output channels), best guess first."""
+    if INTERPRETED:
+        bn = _out_block(out_per_group, groups, total_out, 32)
+        gb = max(1, bn // out_per_group) if out_per_group < bn else 1
+        return [KernelConfig(32, bn, _block_k_for(gb * red_per_group, 32))]
+    bn = _out_block(out_per_group, groups, total_out, 128)
+    gb = max(1, bn // out_per_group) if out_per_group < bn else 1
+    bk = _block_k_for(gb * red_per_group, 64)
+    aligned = (gb * red_per_group) % bk == 0
+    bm = 128 if cdiv(rows, 128) * cdiv(total_out, bn) >= _sm_count(device) else 64
+    first = KernelConfig(bm, bn, bk, 4, 3 if aligned else 2)
+    others = [KernelConfig(64, bn, bk, 4, 3), KernelConfig(128, max(16, bn // 2), bk, 4, 3)]
+    return [first] + [c for c in others if c != first]
+
+
+def fwd_candidates(p: Conv3dParams, device: torch.device) -> List[KernelConfig]:
+    return _gemm_tile_candidates(p.gemm_m, p.out_channels_per_group, p.in_channels_per_group, p.groups,
+                                 p.out_channels, device)
+
+
+def dgrad_candidates(p: Conv3dParams, device: torch.device) -> List[KernelConfig]:
+    rows = p.batch * p.in_size[0] * p.in_size[1] * p.in_size[2]
+    return _gemm_tile_candidates(rows, p.in_channels_per_group, p.out_channels_per_group, p.groups,
+                                 p.in_channels, device)
+
+
+def wgrad_candidates(p: Conv3dParams, device: torch.device) -> List[KernelConfig]:
+    """wgrad GEMM: rows = output channels, columns = T*R*S*CT (tap, channel), reduction = positions."""
+    kg, cg = p.out_channels_per_group, p.in_channels_per_group
+    if INTERPRETED:
+        bm = _out_block(kg, p.groups, p.out_channels, 32)
+        gb = max(1, bm // kg) if kg < bm else 1
+        return [KernelConfig(bm, _block_k_for(gb * cg, 32), 32)]
+    bm = _out_block(kg, p.groups, p.out_channels, 128)
+    gb = max(1, bm // kg) if kg < bm else 1
+    bn = _block_k_for(gb * cg, 64)  # columns: keep a column block inside one tap when possible
+    return [KernelConfig(bm, bn, 64, 4, 3), KernelConfig(bm, bn, 32, 4, 3)]
+
+
+def pick(op: str, p: Conv3dParams, dtype: torch.dtype, device: torch.device,
+         candidates: List[KernelConfig], launch: Callable[[KernelConfig], object]) -> KernelConfig:
+    """The heuristic choice (first candidate), or the fastest candidate when autotuning is on."""
+    if len(candidates) == 1 or not autotune_enabled():
+        return candidates[0]
+    key = (torch.cuda.get_device_name(device), op, p, dtype)
+    best = _cache.get(key)
+    if best is None:
+        import triton.testing
+
+        timings = []
+        for cfg in candidates:
+            try:
+                timings.append((triton.testing.do_bench(lambda: launch(cfg), warmup=5, rep=20), cfg))
+            except Exception:  # a candidate that fails to compile (e.g. out of shared memory) loses
+                continue
+        best = min(timings, key=lambda tc: tc[0])[1] if timings else candidates[0]
+        _cache[key] = best
+    return best
+
+
+def cached_configs() -> Dict[Tuple, KernelConfig]:
+    """What autotuning chose so far (for benchmark reports)."""
+    return dict(_cache)
+
+
+def wgrad_split(rows: int, cols: int, positions: int, cfg: KernelConfig, device: torch.device) -> int:
+    """Split-K factor over the N*Do*Ho*Wo reduction of wgrad: enough programs to fill the device,
+    at least 8 K steps per split."""
+    if cfg.split_k:
+        return cfg.split_k
+    tiles = rows * cols
+    target = 2 * _sm_count(device)
+    split = max(1, min(cdiv(target, tiles), cdiv(positions, 8 * cfg.block_k)))
+    return min(split, 256)

@@ -1,0 +1,283 @@
+"""Per-channel kernels around the convolutions: BatchNorm statistics finalize, BN-apply + residual +
+ReLU, the backward reductions (dReLU fused) and the gradient prologue that turns the output gradient
+into the conv-output gradient (BN backward / affine scale, dReLU fused).
+
+All of them view a 5-D (N, K, D, H, W) tensor of any layout as a [rows = N*D*H*W, K] matrix through
+its (N, D, H, W, C) strides. Reductions are two-level and deterministic: each row tile writes its
+partial per channel, then one program per channel block combines the tiles in index order.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+import triton
+import triton.language as tl
+
+from ...debug import new_output
+from .common import INTERPRETED, cdiv, ndhwc_strides, next_pow2, split_rows
+
+FINALIZE_TILES = 64  # tile partials read per step of the combine loops
+
+
+def _elementwise_blocks(channels: int) -> Tuple[int, int]:
+    """(BLOCK_M rows, BLOCK_C channels) of the per-channel elementwise/reduction kernels."""
+    if INTERPRETED:
+        return 32, min(32, max(16, next_pow2(channels)))
+    return 64, min(64, max(16, next_pow2(channels)))
+
+
+@triton.jit
+def _offsets(m, Dd, Hh, Ww, s_n, s_d, s_h, s_w):
+    n, d, h, w = split_rows(m, Dd, Hh, Ww)
+    return n.to(tl.int64) * s_n + d * s_d + h * s_h + w * s_w
+
+
+# ------------------------------------------------------------------------------------------------
+# forward: finalize statistics, apply
+# ------------------------------------------------------------------------------------------------
+@triton.jit
+def bn_finalize_kernel(
+    tile_sum_ptr, tile_m2_ptr, gamma_ptr, beta_ptr, mean_ptr, var_ptr, a_ptr, b_ptr,
+    num_tiles, rows_per_tile, M, K, eps,
+    BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """Chan's combination of per-tile (sum, M2) into batch mean and biased variance, then the
+    per-channel affine a = gamma / sqrt(var + eps), b = beta - mean * a that BN-apply uses."""
+    ch = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = ch < K
+    total = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    for t0 in range(0, num_tiles, BLOCK_T):
+        t = t0 + tl.arange(0, BLOCK_T)
+        mask = (t < num_tiles)[:, None] & cmask[None, :]
+        total += tl.sum(tl.load(tile_sum_ptr + t[:, None] * K + ch[None, :], mask=mask, other=0.0), axis=0)
+    mean = total / M
+    m2 = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    for t0 in range(0, num_tiles, BLOCK_T):
+        t = t0 + tl.arange(0, BLOCK_T)
+        tmask = t < num_tiles
+        mask = tmask[:, None] & cmask[None, :]
+        rows = tl.minimum(M - t * rows_per_tile, rows_per_tile).to(tl.float32)
+        rows = tl.where(tmask, rows, 1.0)
+        s = tl.load(tile_sum_ptr + t[:, None] * K + ch[None, :], mask=mask, other=0.0)
+        q = tl.load(tile_m2_ptr + t[:, None] * K + ch[None, :], mask=mask, other=0.0)
+        delta = s / rows[:, None] - mean[None, :]
+        m2 += tl.sum(tl.where(mask, q + rows[:, None] * delta * delta, 0.0), axis=0)
+    var = m2 / M
+    a = tl.load(gamma_ptr + ch, mask=cmask, other=1.0).to(tl.float32) / tl.sqrt(var + eps)
+    b = tl.load(beta_ptr + ch, mask=cmask, other=0.0).to(tl.float32) - mean * a
+    tl.store(mean_ptr + ch, mean, mask=cmask)
+    tl.store(var_ptr + ch, var, mask=cmask)
+    tl.store(a_ptr + ch, a, mask=cmask)
+    tl.store(b_ptr + ch, b, mask=cmask)
+
+
+def bn_finalize(tile_sum: torch.Tensor, tile_m2: torch.Tensor, rows_per_tile: int, count: int,
+                gamma: torch.Tensor, beta: torch.Tensor, eps: float):
+    """(mean, biased var, a, b), each (K,) fp32, from the conv epilogue's per-tile partials."""
+    num_tiles, K = tile_sum.shape
+    outs = [new_output((K,), dtype=torch.float32, device=tile_sum.device) for _ in range(4)]
+    block_c = min(64, max(16, next_pow2(K)))
+    bn_finalize_kernel[(cdiv(K, block_c),)](
+        tile_sum, tile_m2, gamma, beta, *outs, num_tiles, rows_per_tile, count, K, float(eps),
+        BLOCK_T=16 if INTERPRETED else FINALIZE_TILES, BLOCK_C=block_c,
+    )
+    return tuple(outs)
+
+
+@triton.jit
+def channel_affine_act_kernel(
+    c_ptr, res_ptr, out_ptr, a_ptr, b_ptr,
+    M, K, Dd, Hh, Ww,
+    c_sn, c_sd, c_sh, c_sw, c_sc,
+    r_sn, r_sd, r_sh, r_sw, r_sc,
+    o_sn, o_sd, o_sh, o_sw, o_sc,
+    HAS_RES: tl.constexpr, RELU: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """out = act(c * a + b [+ residual]) in fp32, rounded once (BN-apply of the training form)."""
+    m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    ch = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = ch < K
+    mask = (m < M)[:, None] & cmask[None, :]
+    c = tl.load(c_ptr + _offsets(m, Dd, Hh, Ww, c_sn, c_sd, c_sh, c_sw)[:, None] + (ch * c_sc)[None, :],
+                mask=mask, other=0.0).to(tl.float32)
+    a = tl.load(a_ptr + ch, mask=cmask, other=0.0)
+    b = tl.load(b_ptr + ch, mask=cmask, other=0.0)
+    v = c * a[None, :] + b[None, :]
+    if HAS_RES:
+        v += tl.load(res_ptr + _offsets(m, Dd, Hh, Ww, r_sn, r_sd, r_sh, r_sw)[:, None] + (ch * r_sc)[None, :],
+                     mask=mask, other=0.0).to(tl.float32)
+    if RELU:
+        v = tl.maximum(v, 0.0)
+    tl.store(out_ptr + _offsets(m, Dd, Hh, Ww, o_sn, o_sd, o_sh, o_sw)[:, None] + (ch * o_sc)[None, :],
+             v.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def channel_affine_act(c: torch.Tensor, a: torch.Tensor, b: torch.Tensor, residual: Optional[torch.Tensor],
+                       relu: bool, memory_format: torch.memory_format) -> torch.Tensor:
+    """act(c * a + b [+ residual]) for c (N, K, D, H, W), a/b (K,) fp32; output in ``memory_format``."""
+    N, K, Dd, Hh, Ww = c.shape
+    M = N * Dd * Hh * Ww
+    out = new_output(c.shape, dtype=c.dtype, device=c.device, memory_format=memory_format)
+    bm, bc = _elementwise_blocks(K)
+    res = residual if residual is not None else c
+    channel_affine_act_kernel[(cdiv(M, bm), cdiv(K, bc))](
+        c, res, out, a, b, M, K, Dd, Hh, Ww,
+        *ndhwc_strides(c), *ndhwc_strides(res), *ndhwc_strides(out),
+        HAS_RES=residual is not None, RELU=relu, BLOCK_M=bm, BLOCK_C=bc,
+    )
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# backward: reductions and the gradient prologue
+# ------------------------------------------------------------------------------------------------
+@triton.jit
+def grad_sums_kernel(
+    g_ptr, out_ptr, c_ptr, center_ptr, p_g_ptr, p_gc_ptr,
+    M, K, Dd, Hh, Ww,
+    g_sn, g_sd, g_sh, g_sw, g_sc,
+    o_sn, o_sd, o_sh, o_sw, o_sc,
+    c_sn, c_sd, c_sh, c_sw, c_sc,
+    RELU: tl.constexpr, WITH_C: tl.constexpr, CENTER: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """Per row tile: sum of gz and of gz * (c - center), gz = grad * (out > 0 if RELU)."""
+    pid_m = tl.program_id(0)
+    m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    ch = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = ch < K
+    mask = (m < M)[:, None] & cmask[None, :]
+    gz = tl.load(g_ptr + _offsets(m, Dd, Hh, Ww, g_sn, g_sd, g_sh, g_sw)[:, None] + (ch * g_sc)[None, :],
+                 mask=mask, other=0.0).to(tl.float32)
+    if RELU:
+        o = tl.load(out_ptr + _offsets(m, Dd, Hh, Ww, o_sn, o_sd, o_sh, o_sw)[:, None] + (ch * o_sc)[None, :],
+                    mask=mask, other=0.0)
+        gz = tl.where(o > 0, gz, 0.0)
+    tl.store(p_g_ptr + pid_m * K + ch, tl.sum(gz, axis=0), mask=cmask)
+    if WITH_C:
+        c = tl.load(c_ptr + _offsets(m, Dd, Hh, Ww, c_sn, c_sd, c_sh, c_sw)[:, None] + (ch * c_sc)[None, :],
+                    mask=mask, other=0.0).to(tl.float32)
+        if CENTER:
+            c = tl.where(mask, c - tl.load(center_ptr + ch, mask=cmask, other=0.0)[None, :], 0.0)
+        tl.store(p_gc_ptr + pid_m * K + ch, tl.sum(gz * c, axis=0), mask=cmask)
+
+
+@triton.jit
+def sum_tiles_kernel(p_ptr, out_ptr, num_tiles, K, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr):
+    """out[ch] = sum over tiles of p[tile, ch], in tile order (deterministic)."""
+    ch = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = ch < K
+    total = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    for t0 in range(0, num_tiles, BLOCK_T):
+        t = t0 + tl.arange(0, BLOCK_T)
+        total += tl.sum(tl.load(p_ptr + t[:, None] * K + ch[None, :],
+                                mask=(t < num_tiles)[:, None] & cmask[None, :], other=0.0), axis=0)
+    tl.store(out_ptr + ch, total, mask=cmask)
+
+
+def _sum_tiles(partials: torch.Tensor) -> torch.Tensor:
+    num_tiles, K = partials.shape
+    out = new_output((K,), dtype=torch.float32, device=partials.device)
+    block_c = min(64, max(16, next_pow2(K)))
+    sum_tiles_kernel[(cdiv(K, block_c),)](
+        partials, out, num_tiles, K, BLOCK_T=16 if INTERPRETED else FINALIZE_TILES, BLOCK_C=block_c
+    )
+    return out
+
+
+def grad_sums(grad: torch.Tensor, out: Optional[torch.Tensor], relu: bool, c: Optional[torch.Tensor] = None,
+              center: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """(sum gz, sum gz * (c - center)) per channel in fp32, gz = grad * (out > 0 if relu).
+
+    The second is None when ``c`` is None; ``center`` None means 0.
+    """
+    N, K, Dd, Hh, Ww = grad.shape
+    M = N * Dd * Hh * Ww
+    bm, bc = _elementwise_blocks(K)
+    tiles = cdiv(M, bm)
+    p_g = new_output((tiles, K), dtype=torch.float32, device=grad.device)
+    p_gc = new_output((tiles, K), dtype=torch.float32, device=grad.device) if c is not None else p_g
+    o = out if out is not None else grad
+    cc = c if c is not None else grad
+    grad_sums_kernel[(tiles, cdiv(K, bc))](
+        grad, o, cc, center if center is not None else p_g, p_g, p_gc, M, K, Dd, Hh, Ww,
+        *ndhwc_strides(grad), *ndhwc_strides(o), *ndhwc_strides(cc),
+        RELU=relu, WITH_C=c is not None, CENTER=center is not None, BLOCK_M=bm, BLOCK_C=bc,
+    )
+    return _sum_tiles(p_g), (_sum_tiles(p_gc) if c is not None else None)
+
+
+@triton.jit
+def grad_prologue_kernel(
+    g_ptr, out_ptr, c_ptr, gc_ptr, gz_ptr,
+    coef_ptr, mean_ptr, var_ptr, sum_g_ptr, sum_gc_ptr,
+    M, K, Dd, Hh, Ww, count, eps,
+    g_sn, g_sd, g_sh, g_sw, g_sc,
+    o_sn, o_sd, o_sh, o_sw, o_sc,
+    c_sn, c_sd, c_sh, c_sw, c_sc,
+    gc_sn, gc_sd, gc_sh, gc_sw, gc_sc,
+    z_sn, z_sd, z_sh, z_sw, z_sc,
+    RELU: tl.constexpr, BN: tl.constexpr, STORE_GC: tl.constexpr, STORE_GZ: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """gz = grad * (out > 0 if RELU); gc = dL/dc of the conv output:
+    BN:      gc = gamma*invstd * (gz - sum_g/count - (c - mean) * invstd^2 * sum_gc/count)
+             (coef = gamma, sum_gc = sum gz * (c - mean));
+    affine:  gc = scale * gz (coef = scale).
+    Writes gc (conv backward operand) and/or gz (the residual's gradient)."""
+    m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    ch = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = ch < K
+    mask = (m < M)[:, None] & cmask[None, :]
+    gz = tl.load(g_ptr + _offsets(m, Dd, Hh, Ww, g_sn, g_sd, g_sh, g_sw)[:, None] + (ch * g_sc)[None, :],
+                 mask=mask, other=0.0).to(tl.float32)
+    if RELU:
+        o = tl.load(out_ptr + _offsets(m, Dd, Hh, Ww, o_sn, o_sd, o_sh, o_sw)[:, None] + (ch * o_sc)[None, :],
+                    mask=mask, other=0.0)
+        gz = tl.where(o > 0, gz, 0.0)
+    if STORE_GZ:
+        tl.store(gz_ptr + _offsets(m, Dd, Hh, Ww, z_sn, z_sd, z_sh, z_sw)[:, None] + (ch * z_sc)[None, :],
+                 gz.to(gz_ptr.dtype.element_ty), mask=mask)
+    if STORE_GC:
+        coef = tl.load(coef_ptr + ch, mask=cmask, other=0.0).to(tl.float32)
+        if BN:
+            invstd = 1.0 / tl.sqrt(tl.load(var_ptr + ch, mask=cmask, other=1.0) + eps)
+            mean = tl.load(mean_ptr + ch, mask=cmask, other=0.0)
+            mean_g = tl.load(sum_g_ptr + ch, mask=cmask, other=0.0) / count
+            proj = tl.load(sum_gc_ptr + ch, mask=cmask, other=0.0) / count * invstd * invstd
+            c = tl.load(c_ptr + _offsets(m, Dd, Hh, Ww, c_sn, c_sd, c_sh, c_sw)[:, None] + (ch * c_sc)[None, :],
+                        mask=mask, other=0.0).to(tl.float32)
+            gc = (coef * invstd)[None, :] * (gz - mean_g[None, :] - (c - mean[None, :]) * proj[None, :])
+        else:
+            gc = gz * coef[None, :]
+        tl.store(gc_ptr + _offsets(m, Dd, Hh, Ww, gc_sn, gc_sd, gc_sh, gc_sw)[:, None] + (ch * gc_sc)[None, :],
+                 gc.to(gc_ptr.dtype.element_ty), mask=mask)
+
+
+def grad_prologue(grad: torch.Tensor, out: torch.Tensor, relu: bool, coef: torch.Tensor, *,
+                  store_gc: bool, gz_format: Optional[torch.memory_format],
+                  bn: Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float]] = None,
+                  ) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """(gc, gz): gc in channels_last_3d (the conv backward kernels' operand) when ``store_gc``;
+    gz in ``gz_format`` when given. ``bn`` = (conv_out, mean, var, sum_g, sum_gc, eps) for the
+    training form, None for the affine form (gc = coef * gz)."""
+    N, K, Dd, Hh, Ww = grad.shape
+    M = N * Dd * Hh * Ww
+    bm, bc = _elementwise_blocks(K)
+    gc = new_output(grad.shape, dtype=grad.dtype, device=grad.device,
+                    memory_format=torch.channels_last_3d) if store_gc else None
+    gz = new_output(grad.shape, dtype=grad.dtype, device=grad.device,
+                    memory_format=gz_format) if gz_format is not None else None
+    if bn is not None:
+        c, mean, var, sum_g, sum_gc, eps = bn
+    else:
+        c, mean, var, sum_g, sum_gc, eps = grad, coef, coef, coef, coef, 0.0
+    gc_t = gc if gc is not None else grad
+    gz_t = gz if gz is not None else grad
+    grad_prologue_kernel[(cdiv(M, bm), cdiv(K, bc))](
+        grad, out, c, gc_t, gz_t, coef, mean, var, sum_g, sum_gc, M, K, Dd, Hh, Ww, float(M), float(eps),
+        *ndhwc_strides(grad), *ndhwc_strides(out), *ndhwc_strides(c), *ndhwc_strides(gc_t), *ndhwc_strides(gz_t),
+        RELU=relu, BN=bn is not None, STORE_GC=store_gc, STORE_GZ=gz is not None, BLOCK_M=bm, BLOCK_C=bc,
+    )
+    return gc, gz

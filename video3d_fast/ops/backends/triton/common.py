@@ -1,0 +1,115 @@
+"""Pieces every Triton kernel family of this backend shares: interpreter detection, dtype/precision
+choices, NDHWC stride helpers (host side) and the implicit-im2col gather and MMA step (device side).
+
+Layout convention of all kernels: activations are addressed through five strides given in
+(N, D, H, W, C) order, so any memory layout works; the launchers hand the kernels channels_last_3d
+(NDHWC-dense) activations because then C is the unit-stride axis the gathers run along.
+"""
+from __future__ import annotations
+
+import os
+from typing import Tuple
+
+import torch
+import triton
+import triton.language as tl
+
+# Triton decides at decoration time whether a kernel is compiled or interpreted; remember the
+# mode the kernels of this package were defined in (see TritonBackend.device_reason).
+INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+TORCH_TO_TL = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32}
+KERNEL_DTYPES = tuple(TORCH_TO_TL)  # float64 runs the ATen composite (see TritonBackend)
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def next_pow2(v: int) -> int:
+    return 1 << max(0, int(v) - 1).bit_length()
+
+
+def ndhwc_strides(t: torch.Tensor) -> Tuple[int, int, int, int, int]:
+    """Element strides of a 5-D (N, C, D, H, W) tensor listed in (N, D, H, W, C) order."""
+    s = t.stride()
+    return s[0], s[2], s[3], s[4], s[1]
+
+
+def channels_last(t: torch.Tensor) -> torch.Tensor:
+    """NDHWC-dense version of ``t`` (no copy when it already is)."""
+    return t.contiguous(memory_format=torch.channels_last_3d)
+
+
+def allow_tf32() -> bool:
+    """Whether torch lets fp32 convolutions use TF32 tensor cores (the cuDNN conv flag)."""
+    try:
+        return bool(torch.backends.cudnn.allow_tf32)
+    except AttributeError:  # pragma: no cover - future torch without the legacy flag
+        return torch.backends.cudnn.conv.fp32_precision == "tf32"
+
+
+def dot_flags(dtype: torch.dtype) -> dict:
+    """constexpr kwargs of every kernel that calls :func:`mma` for operands of ``dtype``.
+
+    IS_FP32 selects TF32/IEEE per torch's flag; UPCAST turns bf16 operands into fp32 before
+    ``tl.dot`` under the interpreter, whose bf16 dot returns garbage (values and rounding of bf16
+    loads/stores stay bf16, so the semantics tested are those of the GPU path).
+    """
+    is_fp32 = dtype == torch.float32
+    return dict(
+        IS_FP32=is_fp32,
+        TF32=is_fp32 and allow_tf32() and not INTERPRETED,
+        UPCAST=INTERPRETED and dtype == torch.bfloat16,
+    )
+
+
+@triton.jit
+def mma(a, b, acc, IS_FP32: tl.constexpr, TF32: tl.constexpr, UPCAST: tl.constexpr):
+    """acc += a @ b with fp32 accumulation."""
+    if UPCAST:
+        acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+    elif IS_FP32:
+        if TF32:
+            acc = tl.dot(a, b, acc, input_precision="tf32")
+        else:
+            acc = tl.dot(a, b, acc, input_precision="ieee")
+    else:
+        acc = tl.dot(a, b, acc)
+    return acc
+
+
+@triton.jit
+def gather_ndhwc(ptr, n_off, d, h, w, ch, mask, D, H, W, s_d, s_h, s_w, s_c):
+    """Load ``ptr[n, d, h, w, ch]`` with zero fill outside the volume (the conv's padding).
+
+    Arguments broadcast against each other, so one helper serves both orientations of the implicit
+    im2col tile: [rows = output positions, cols = (tap, channel)] in fprop/dgrad and
+    [rows = positions, cols = (tap, channel)] as the B operand of wgrad. ``n_off`` is the int64
+    batch offset; the in-sample offset fits int32 for any activation below 2**31 elements per sample.
+    """
+    inside = mask & (d >= 0) & (d < D) & (h >= 0) & (h < H) & (w >= 0) & (w < W)
+    offs = n_off + d * s_d + h * s_h + w * s_w + ch * s_c
+    return tl.load(ptr + offs, mask=inside, other=0.0)
+
+
+@triton.jit
+def split_rows(m, Do, Ho, Wo):
+    """Row index of the GEMM over N*Do*Ho*Wo -> (n, od, oh, ow)."""
+    ow = m % Wo
+    t = m // Wo
+    oh = t % Ho
+    t = t // Ho
+    od = t % Do
+    n = t // Do
+    return n, od, oh, ow
+
+
+@triton.jit
+def split_taps(tap, R, S):
+    """Flattened filter tap index over T*R*S -> (t, r, s)."""
+    s = tap % S
+    t = tap // S
+    r = t % R
+    t = t // R
+    return t, r, s

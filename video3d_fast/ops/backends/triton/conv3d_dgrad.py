@@ -1,0 +1,175 @@
+"""Input gradient (dgrad) of a 3D convolution as implicit GEMM, with phase decomposition for strides.
+
+For stride s, an input position di only receives output od = (di + pad - t*dil) / s from the taps t
+for which that division is exact, and which taps those are depends only on di mod s (its phase).
+The kernel runs one phase per program (grid axis 2, s_d*s_h*s_w phases) and walks only that phase's
+taps, so strided dgrad does no masked-out MMAs (a naive implicit GEMM wastes 7/8 of them at stride 2).
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from ...debug import new_output
+from ...params import Conv3dParams
+from .autotune import KernelConfig, dgrad_candidates, pick
+from .common import (
+    cdiv,
+    channels_last,
+    dot_flags,
+    gather_ndhwc,
+    mma,
+    ndhwc_strides,
+    split_rows,
+)
+from .grouped import group_tiling, red_channels, tile_channels
+
+
+@triton.jit
+def phase_taps(phase, pad, dil, stride, T, step):
+    """First tap t0 with (phase + pad - t0*dil) divisible by stride, and how many taps (t0, t0+step, ...)
+    below T a phase has (0 when none)."""
+    t0 = T
+    for t in range(0, T):
+        hit = (((phase + pad - t * dil) % stride) == 0) & (t0 == T)
+        t0 = tl.where(hit, t, t0)
+    count = tl.where(t0 < T, (T - t0 + step - 1) // step, 0)
+    return t0, count
+
+
+@triton.jit
+def phase_offset(phase, pad, dil, stride, t):
+    """od - i for the input position phase + i*stride and tap t (exact division by construction)."""
+    return (phase + pad - t * dil) // stride
+
+
+# Conv -> GEMM (dgrad): rows (BLOCK_M) over the N*D*H*W input positions of one stride phase, columns
+# (BLOCK_N) over input channels C (group tiling of grouped.py with out = C/groups, red = K/groups),
+# reduction (BLOCK_K) over the flattened (phase's taps) x KT output-gradient channels, KT =
+# GB*K/groups, channel fastest. A is gathered from the NDHWC output gradient, B is the weight read
+# as [tap, k] x [c] (block-diagonal across groups). TAP_ALIGNED as in conv3d_fwd.
+@triton.jit
+def conv3d_dgrad_kernel(
+    dy_ptr, w_ptr, dx_ptr,
+    D, H, W, Do, Ho, Wo, N,
+    T, R, S, str_d, str_h, str_w, pad_d, pad_h, pad_w, dil_d, dil_h, dil_w, step_d, step_h, step_w,
+    groups, out_per_group, red_per_group, GB, NB,
+    y_sn, y_sd, y_sh, y_sw, y_sc,
+    w_sk, w_sc, w_st, w_sr, w_ss,
+    x_sn, x_sd, x_sh, x_sw, x_sc,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    TAP_ALIGNED: tl.constexpr, BLOCK_DIAG: tl.constexpr,
+    IS_FP32: tl.constexpr, TF32: tl.constexpr, UPCAST: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    phase = tl.program_id(2)
+    p_w = phase % str_w
+    p_h = (phase // str_w) % str_h
+    p_d = phase // (str_w * str_h)
+    # positions of this phase along each axis (0 when the axis is shorter than the phase)
+    Dp = tl.maximum(D - p_d + str_d - 1, 0) // str_d
+    Hp = tl.maximum(H - p_h + str_h - 1, 0) // str_h
+    Wp = tl.maximum(W - p_w + str_w - 1, 0) // str_w
+    Mp = N * Dp * Hp * Wp
+
+    m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_mask = m < Mp
+    n, i, j, l = split_rows(m, tl.maximum(Dp, 1), tl.maximum(Hp, 1), tl.maximum(Wp, 1))
+    n_off = n.to(tl.int64) * y_sn
+
+    t0, nt = phase_taps(p_d, pad_d, dil_d, str_d, T, step_d)
+    r0, nr = phase_taps(p_h, pad_h, dil_h, str_h, R, step_h)
+    s0, ns = phase_taps(p_w, pad_w, dil_w, str_w, S, step_w)
+
+    g0, out_ch, col_group, col_mask = tile_channels(pid_n, groups, out_per_group, GB, NB, BLOCK_N)
+    col_in_group = out_ch - col_group * out_per_group
+    KT = GB * red_per_group
+    k_total = nt * nr * ns * KT
+    kr = tl.arange(0, BLOCK_K)
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, k_total, BLOCK_K):
+        if TAP_ALIGNED:
+            tap = k0 // KT
+            kl = (k0 - tap * KT) + kr
+            red_valid_k = kl < KT
+        else:
+            kk = k0 + kr
+            tap = kk // KT
+            kl = kk - tap * KT
+            red_valid_k = kk < k_total
+        i_s = tap % ns
+        i_r = (tap // ns) % nr
+        i_t = tap // (ns * nr)
+        t = t0 + i_t * step_d
+        r = r0 + i_r * step_h
+        s = s0 + i_s * step_w
+        red_ch, red_in_group, red_group, red_valid = red_channels(g0, kl, red_per_group, groups, BLOCK_DIAG)
+        red_valid = red_valid & red_valid_k
+        if TAP_ALIGNED:
+            a = gather_ndhwc(
+                dy_ptr, n_off[:, None], (i + phase_offset(p_d, pad_d, dil_d, str_d, t))[:, None],
+                (j + phase_offset(p_h, pad_h, dil_h, str_h, r))[:, None],
+                (l + phase_offset(p_w, pad_w, dil_w, str_w, s))[:, None],
+                red_ch[None, :], row_mask[:, None] & red_valid[None, :],
+                Do, Ho, Wo, y_sd, y_sh, y_sw, y_sc,
+            )
+        else:
+            a = gather_ndhwc(
+                dy_ptr, n_off[:, None], i[:, None] + phase_offset(p_d, pad_d, dil_d, str_d, t)[None, :],
+                j[:, None] + phase_offset(p_h, pad_h, dil_h, str_h, r)[None, :],
+                l[:, None] + phase_offset(p_w, pad_w, dil_w, str_w, s)[None, :],
+                red_ch[None, :], row_mask[:, None] & red_valid[None, :],
+                Do, Ho, Wo, y_sd, y_sh, y_sw, y_sc,
+            )
+        w_tap = t * w_st + r * w_sr + s * w_ss
+        b_mask = red_valid[:, None] & col_mask[None, :]
+        if BLOCK_DIAG:
+            b_mask = b_mask & (red_group[:, None] == col_group[None, :])
+        b_ptrs = w_ptr + (red_ch * w_sk + w_tap)[:, None] + (col_in_group * w_sc)[None, :]
+        b = tl.load(b_ptrs, mask=b_mask, other=0.0)
+        acc = mma(a, b, acc, IS_FP32, TF32, UPCAST)
+
+    di = p_d + i * str_d
+    hi = p_h + j * str_h
+    wi = p_w + l * str_w
+    x_row = n.to(tl.int64) * x_sn + di * x_sd + hi * x_sh + wi * x_sw
+    tl.store(dx_ptr + x_row[:, None] + (out_ch * x_sc)[None, :], acc.to(dx_ptr.dtype.element_ty),
+             mask=row_mask[:, None] & col_mask[None, :])
+
+
+def conv3d_dgrad(dy: torch.Tensor, w: torch.Tensor, p: Conv3dParams, input_format: torch.memory_format,
+                 config: Optional[KernelConfig] = None) -> torch.Tensor:
+    """dL/dx (N, C, D, H, W) in ``input_format`` from dy (N, K, Do, Ho, Wo) and w (K, C/groups, T, R, S).
+
+    The one place dgrad's shapes are checked and its grid chosen (a grid axis per stride phase).
+    """
+    if tuple(dy.shape) != p.out_shape or tuple(w.shape[:2]) != (p.out_channels, p.in_channels_per_group):
+        raise ValueError(f"grad_output {tuple(dy.shape)} / weight {tuple(w.shape)} do not match {p}")
+    if dy.dtype != w.dtype or dy.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise TypeError(f"triton dgrad needs matching fp16/bf16/fp32 tensors, got {dy.dtype}/{w.dtype}")
+    dyc, wc = channels_last(dy), channels_last(w)
+    cfg = config or pick("dgrad", p, dy.dtype, dy.device, dgrad_candidates(p, dy.device),
+                         lambda c: conv3d_dgrad(dy, w, p, input_format, config=c))
+    tiling = group_tiling(p.groups, p.in_channels_per_group, p.out_channels_per_group, cfg.block_n)
+    dx = new_output((p.batch, p.in_channels, *p.in_size), dtype=dy.dtype, device=dy.device,
+                    memory_format=input_format)
+    rows = p.batch * math.prod(cdiv(p.in_size[i], p.stride[i]) for i in range(3))
+    steps = [p.stride[i] // math.gcd(p.stride[i], p.dilation[i]) for i in range(3)]
+    grid = (cdiv(rows, cfg.block_m), tiling.num_tiles, math.prod(p.stride))
+    conv3d_dgrad_kernel[grid](
+        dyc, wc, dx,
+        *p.in_size, *p.out_size, p.batch,
+        *p.kernel, *p.stride, *p.padding, *p.dilation, *steps,
+        *tiling.kernel_args(),
+        *ndhwc_strides(dyc), *wc.stride(), *ndhwc_strides(dx),
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
+        TAP_ALIGNED=tiling.red_per_tile % cfg.block_k == 0, BLOCK_DIAG=tiling.block_diagonal,
+        **dot_flags(dy.dtype), num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    return dx

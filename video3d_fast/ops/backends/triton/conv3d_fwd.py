@@ -1,0 +1,221 @@
+"""Forward 3D convolution as implicit GEMM with a fused epilogue.
+
+Epilogues (constexpr flags, any combination):
+* conv bias / inference form: ``act(acc * scale + shift [+ residual])`` rounded once (STORE_OUT);
+* the pre-BN conv output ``c`` rounded to the data dtype (STORE_CONV);
+* training form: per-(row tile, channel) partial BatchNorm statistics of the rounded ``c``: the tile
+  sum and the sum of squared deviations from the tile mean (STATS). bn.py combines them in a fixed
+  order (Chan et al.), so the statistics are deterministic and do not suffer from E[x^2] - E[x]^2
+  cancellation.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from ...debug import new_output
+from ...params import Conv3dParams, memory_format_of
+from .autotune import KernelConfig, fwd_candidates, pick
+from .common import (
+    cdiv,
+    channels_last,
+    dot_flags,
+    gather_ndhwc,
+    mma,
+    ndhwc_strides,
+    split_rows,
+    split_taps,
+)
+from .grouped import group_tiling, red_channels, tile_channels
+
+
+# Conv -> GEMM: rows (BLOCK_M) over N*Do*Ho*Wo output positions, columns (BLOCK_N) over output
+# channels K (a tile holds GB whole groups or part of one, see grouped.py), reduction (BLOCK_K) over
+# the flattened T*R*S*CT with CT = GB*C/groups, channel fastest. The A tile is gathered from the
+# NDHWC input (implicit im2col, zero padding by masks); B is the KTRSC weight, block-diagonal when a
+# tile spans several groups. TAP_ALIGNED (CT % BLOCK_K == 0) keeps each K step inside one tap, so the
+# gather needs per-row coordinates only; otherwise (C=3 stem, small groups) a K step spans taps and
+# coordinates are per (row, column) -- no per-tap padding either way.
+@triton.jit
+def conv3d_fwd_kernel(
+    x_ptr, w_ptr, out_ptr, conv_ptr, res_ptr, scale_ptr, shift_ptr, psum_ptr, pm2_ptr,
+    M, D, H, W, Do, Ho, Wo, C, K,
+    T, R, S, str_d, str_h, str_w, pad_d, pad_h, pad_w, dil_d, dil_h, dil_w,
+    groups, out_per_group, red_per_group, GB, NB,
+    x_sn, x_sd, x_sh, x_sw, x_sc,
+    w_sk, w_sc, w_st, w_sr, w_ss,
+    o_sn, o_sd, o_sh, o_sw, o_sc,
+    r_sn, r_sd, r_sh, r_sw, r_sc,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    TAP_ALIGNED: tl.constexpr, BLOCK_DIAG: tl.constexpr,
+    HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_RES: tl.constexpr, RELU: tl.constexpr,
+    STORE_OUT: tl.constexpr, STORE_CONV: tl.constexpr, STATS: tl.constexpr,
+    IS_FP32: tl.constexpr, TF32: tl.constexpr, UPCAST: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+
+    m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_mask = m < M
+    n, od, oh, ow = split_rows(m, Do, Ho, Wo)
+    base_d = od * str_d - pad_d
+    base_h = oh * str_h - pad_h
+    base_w = ow * str_w - pad_w
+    n_off = n.to(tl.int64) * x_sn
+
+    g0, out_ch, col_group, col_mask = tile_channels(pid_n, groups, out_per_group, GB, NB, BLOCK_N)
+    CT = GB * red_per_group
+    k_total = T * R * S * CT
+    kr = tl.arange(0, BLOCK_K)
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, k_total, BLOCK_K):
+        if TAP_ALIGNED:
+            tap = k0 // CT
+            cl = (k0 - tap * CT) + kr
+            t, r, s = split_taps(tap, R, S)
+            ch, in_group, red_group, red_valid = red_channels(g0, cl, red_per_group, groups, BLOCK_DIAG)
+            a = gather_ndhwc(
+                x_ptr, n_off[:, None], (base_d + t * dil_d)[:, None], (base_h + r * dil_h)[:, None],
+                (base_w + s * dil_w)[:, None], ch[None, :], row_mask[:, None] & red_valid[None, :],
+                D, H, W, x_sd, x_sh, x_sw, x_sc,
+            )
+            w_tap = t * w_st + r * w_sr + s * w_ss
+        else:
+            kk = k0 + kr
+            tap = kk // CT
+            cl = kk - tap * CT
+            t, r, s = split_taps(tap, R, S)
+            ch, in_group, red_group, red_valid = red_channels(g0, cl, red_per_group, groups, BLOCK_DIAG)
+            red_valid = red_valid & (kk < k_total)
+            a = gather_ndhwc(
+                x_ptr, n_off[:, None], base_d[:, None] + (t * dil_d)[None, :],
+                base_h[:, None] + (r * dil_h)[None, :], base_w[:, None] + (s * dil_w)[None, :],
+                ch[None, :], row_mask[:, None] & red_valid[None, :],
+                D, H, W, x_sd, x_sh, x_sw, x_sc,
+            )
+            w_tap = t * w_st + r * w_sr + s * w_ss
+        b_mask = red_valid[:, None] & col_mask[None, :]
+        if BLOCK_DIAG:
+            b_mask = b_mask & (red_group[:, None] == col_group[None, :])
+        b_ptrs = w_ptr + out_ch[None, :] * w_sk + (in_group * w_sc + w_tap)[:, None]
+        b = tl.load(b_ptrs, mask=b_mask, other=0.0)
+        acc = mma(a, b, acc, IS_FP32, TF32, UPCAST)
+
+    # ---- epilogue ----
+    mask = row_mask[:, None] & col_mask[None, :]
+    o_row = n.to(tl.int64) * o_sn + od * o_sd + oh * o_sh + ow * o_sw
+    o_offs = o_row[:, None] + (out_ch * o_sc)[None, :]
+    if STORE_CONV or STATS:
+        c = acc.to(conv_ptr.dtype.element_ty)
+        if STORE_CONV:
+            tl.store(conv_ptr + o_offs, c, mask=mask)
+        if STATS:
+            cf = tl.where(mask, c.to(tl.float32), 0.0)
+            rows = tl.minimum(M - pid_m * BLOCK_M, BLOCK_M).to(tl.float32)
+            tile_sum = tl.sum(cf, axis=0)
+            dev = tl.where(mask, cf - (tile_sum / rows)[None, :], 0.0)
+            tile_m2 = tl.sum(dev * dev, axis=0)
+            tl.store(psum_ptr + pid_m * K + out_ch, tile_sum, mask=col_mask)
+            tl.store(pm2_ptr + pid_m * K + out_ch, tile_m2, mask=col_mask)
+    if STORE_OUT:
+        v = acc
+        if HAS_SCALE:
+            v = v * tl.load(scale_ptr + out_ch, mask=col_mask, other=0.0).to(tl.float32)[None, :]
+        if HAS_SHIFT:
+            v = v + tl.load(shift_ptr + out_ch, mask=col_mask, other=0.0).to(tl.float32)[None, :]
+        if HAS_RES:
+            r_row = n.to(tl.int64) * r_sn + od * r_sd + oh * r_sh + ow * r_sw
+            res = tl.load(res_ptr + r_row[:, None] + (out_ch * r_sc)[None, :], mask=mask, other=0.0)
+            v = v + res.to(tl.float32)
+        if RELU:
+            v = tl.maximum(v, 0.0)
+        tl.store(out_ptr + o_offs, v.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@dataclass
+class FwdResult:
+    out: Optional[torch.Tensor]  # epilogue output, input's memory format
+    conv: Optional[torch.Tensor]  # rounded conv output c, input's memory format
+    tile_sum: Optional[torch.Tensor]  # (row tiles, K) fp32 partial sums of c
+    tile_m2: Optional[torch.Tensor]  # (row tiles, K) fp32 partial sums of squared deviations
+    block_m: int
+
+
+def conv3d_fwd(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    p: Conv3dParams,
+    *,
+    scale: Optional[torch.Tensor] = None,
+    shift: Optional[torch.Tensor] = None,
+    residual: Optional[torch.Tensor] = None,
+    relu: bool = False,
+    store_out: bool = True,
+    store_conv: bool = False,
+    stats: bool = False,
+    config: Optional[KernelConfig] = None,
+) -> FwdResult:
+    """Launch the forward kernel; the one place its shapes are checked and its grid chosen.
+
+    x: (N, C, D, H, W) fp16/bf16/fp32, any layout (gathered from an NDHWC copy when not already).
+    w: (K, C/groups, T, R, S), same dtype. scale/shift: (K,) fp32 or x.dtype. residual: output shape.
+    Outputs are in x's memory format (params.memory_format_of).
+    """
+    if x.dtype not in (torch.float16, torch.bfloat16, torch.float32) or w.dtype != x.dtype:
+        raise TypeError(f"triton conv3d forward needs fp16/bf16/fp32 input and weight, got {x.dtype}/{w.dtype}")
+    if tuple(x.shape) != (p.batch, p.in_channels, *p.in_size) or tuple(w.shape[:2]) != (
+        p.out_channels, p.in_channels_per_group
+    ):
+        raise ValueError(f"input {tuple(x.shape)} / weight {tuple(w.shape)} do not match {p}")
+    if residual is not None and tuple(residual.shape) != p.out_shape:
+        raise ValueError(f"residual shape {tuple(residual.shape)} != output shape {p.out_shape}")
+    if not (store_out or store_conv or stats):
+        raise ValueError("conv3d_fwd called with nothing to produce")
+    fmt = memory_format_of(x)
+    xc, wc = channels_last(x), channels_last(w)
+    M, K = p.gemm_m, p.out_channels
+    cfg = config or pick("fwd", p, x.dtype, x.device, fwd_candidates(p, x.device), lambda c: conv3d_fwd(
+        x, w, p, scale=scale, shift=shift, residual=residual, relu=relu, store_out=store_out,
+        store_conv=store_conv, stats=stats, config=c))
+    tiling = group_tiling(p.groups, p.out_channels_per_group, p.in_channels_per_group, cfg.block_n)
+    tap_aligned = tiling.red_per_tile % cfg.block_k == 0
+    grid = (cdiv(M, cfg.block_m), tiling.num_tiles)
+
+    def alloc(want: bool, dtype=x.dtype):
+        return new_output(p.out_shape, dtype=dtype, device=x.device, memory_format=fmt) if want else None
+
+    out, conv = alloc(store_out), alloc(store_conv)
+    tile_sum = tile_m2 = None
+    if stats:
+        tile_sum = new_output((grid[0], K), dtype=torch.float32, device=x.device)
+        tile_m2 = new_output((grid[0], K), dtype=torch.float32, device=x.device)
+    dummy = xc  # never dereferenced: the constexpr flags switch those loads/stores off
+    ref_out = out if out is not None else conv
+    res = residual if residual is not None else ref_out
+    conv3d_fwd_kernel[grid](
+        xc, wc, out if out is not None else dummy, conv if conv is not None else ref_out, res,
+        scale if scale is not None else dummy, shift if shift is not None else dummy,
+        tile_sum if stats else dummy, tile_m2 if stats else dummy,
+        M, *p.in_size, *p.out_size, p.in_channels, K,
+        *p.kernel, *p.stride, *p.padding, *p.dilation,
+        *tiling.kernel_args(),
+        *ndhwc_strides(xc), *_weight_strides(wc),
+        *ndhwc_strides(ref_out if ref_out is not None else x), *ndhwc_strides(res if res is not None else x),
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
+        TAP_ALIGNED=tap_aligned, BLOCK_DIAG=tiling.block_diagonal,
+        HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None, HAS_RES=residual is not None, RELU=relu,
+        STORE_OUT=store_out, STORE_CONV=store_conv, STATS=stats,
+        **dot_flags(x.dtype),
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    return FwdResult(out, conv, tile_sum, tile_m2, cfg.block_m)
+
+
+def _weight_strides(w: torch.Tensor):
+    """(K, C/g, T, R, S) strides in (k, c, t, r, s) order."""
+    return tuple(w.stride())

@@ -1,0 +1,156 @@
+"""Weight gradient (wgrad) of a 3D convolution as implicit GEMM with split-K over N*Do*Ho*Wo.
+
+The reduction runs over every output position (hundreds of thousands at batch 8), while the output
+(the weight) is small, so the positions are cut into ``split`` contiguous slices, one per grid row
+along axis 2; each slice writes its fp32 partial weight gradient and a second kernel sums the
+slices in slice order (deterministic) and rounds once to the weight dtype. With split 1 the kernel
+writes the weight gradient directly.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from ...debug import new_output
+from ...params import Conv3dParams, memory_format_of
+from .autotune import KernelConfig, pick, wgrad_candidates, wgrad_split
+from .common import (
+    INTERPRETED,
+    cdiv,
+    channels_last,
+    dot_flags,
+    gather_ndhwc,
+    mma,
+    ndhwc_strides,
+    split_rows,
+    split_taps,
+)
+from .grouped import group_tiling, red_channels, tile_channels
+
+
+# Conv -> GEMM (wgrad): rows (BLOCK_M) over output channels K (group tiling of grouped.py, out =
+# K/groups, red = C/groups), columns (BLOCK_N) over the flattened T*R*S*CT (tap, input channel of
+# the tile's groups), CT = GB*C/groups, channel fastest; reduction (BLOCK_K) over this program's
+# slice of the N*Do*Ho*Wo output positions. A = dy^T read from the NDHWC output gradient, B = the
+# implicit im2col of the input (the gather of conv3d_fwd, transposed). Block-diagonal entries that
+# pair a channel with another group's filter are computed and dropped. TAP_ALIGNED (CT % BLOCK_N
+# == 0): a column block lies inside one tap, so the gather needs per-position coordinates only.
+@triton.jit
+def conv3d_wgrad_kernel(
+    dy_ptr, x_ptr, dst_ptr,
+    P, positions_per_split, D, H, W, Do, Ho, Wo,
+    T, R, S, str_d, str_h, str_w, pad_d, pad_h, pad_w, dil_d, dil_h, dil_w,
+    groups, out_per_group, red_per_group, GB, NB,
+    y_sn, y_sd, y_sh, y_sw, y_sc,
+    x_sn, x_sd, x_sh, x_sw, x_sc,
+    d_split, d_sk, d_sc, d_st, d_sr, d_ss,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    TAP_ALIGNED: tl.constexpr, BLOCK_DIAG: tl.constexpr,
+    IS_FP32: tl.constexpr, TF32: tl.constexpr, UPCAST: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    pid_k = tl.program_id(2)
+
+    g0, oc, row_group, row_mask = tile_channels(pid_m, groups, out_per_group, GB, NB, BLOCK_M)
+    CT = GB * red_per_group
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    if TAP_ALIGNED:
+        tap = (pid_n * BLOCK_N) // CT
+        cl = cols - tap * CT
+    else:
+        tap = cols // CT
+        cl = cols - tap * CT
+    t, r, s = split_taps(tap, R, S)
+    ch, c_in_group, red_group, col_mask = red_channels(g0, cl, red_per_group, groups, BLOCK_DIAG)
+    col_mask = col_mask & (cols < T * R * S * CT)
+
+    p_start = pid_k * positions_per_split
+    p_end = tl.minimum(p_start + positions_per_split, P)
+    kr = tl.arange(0, BLOCK_K)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(p_start, p_end, BLOCK_K):
+        pos = k0 + kr
+        pos_mask = pos < p_end
+        n, od, oh, ow = split_rows(pos, Do, Ho, Wo)
+        y_row = n.to(tl.int64) * y_sn + od * y_sd + oh * y_sh + ow * y_sw
+        a = tl.load(dy_ptr + y_row[None, :] + (oc * y_sc)[:, None],
+                    mask=row_mask[:, None] & pos_mask[None, :], other=0.0)
+        if TAP_ALIGNED:
+            b = gather_ndhwc(
+                x_ptr, (n.to(tl.int64) * x_sn)[:, None], (od * str_d - pad_d + t * dil_d)[:, None],
+                (oh * str_h - pad_h + r * dil_h)[:, None], (ow * str_w - pad_w + s * dil_w)[:, None],
+                ch[None, :], pos_mask[:, None] & col_mask[None, :], D, H, W, x_sd, x_sh, x_sw, x_sc,
+            )
+        else:
+            b = gather_ndhwc(
+                x_ptr, (n.to(tl.int64) * x_sn)[:, None], (od * str_d - pad_d)[:, None] + (t * dil_d)[None, :],
+                (oh * str_h - pad_h)[:, None] + (r * dil_h)[None, :],
+                (ow * str_w - pad_w)[:, None] + (s * dil_w)[None, :],
+                ch[None, :], pos_mask[:, None] & col_mask[None, :], D, H, W, x_sd, x_sh, x_sw, x_sc,
+            )
+        acc = mma(a, b, acc, IS_FP32, TF32, UPCAST)
+
+    mask = row_mask[:, None] & col_mask[None, :]
+    if BLOCK_DIAG:
+        mask = mask & (row_group[:, None] == red_group[None, :])
+    dst = (dst_ptr + pid_k.to(tl.int64) * d_split + (oc * d_sk)[:, None]
+           + (c_in_group * d_sc + t * d_st + r * d_sr + s * d_ss)[None, :])
+    tl.store(dst, acc.to(dst_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def sum_splits_kernel(ws_ptr, out_ptr, numel, split, BLOCK: tl.constexpr):
+    """out[i] = sum over slices of ws[slice, i] in slice order, rounded once to out's dtype."""
+    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = i < numel
+    total = tl.zeros((BLOCK,), dtype=tl.float32)
+    for k in range(0, split):
+        total += tl.load(ws_ptr + k.to(tl.int64) * numel + i, mask=mask, other=0.0)
+    tl.store(out_ptr + i, total.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def conv3d_wgrad(dy: torch.Tensor, x: torch.Tensor, w: torch.Tensor, p: Conv3dParams,
+                 config: Optional[KernelConfig] = None) -> torch.Tensor:
+    """dL/dw (K, C/groups, T, R, S) in w's dtype and memory format from dy (N, K, Do, Ho, Wo) and
+    x (N, C, D, H, W). The one place wgrad's shapes are checked and its grid and split chosen."""
+    if tuple(dy.shape) != p.out_shape or tuple(x.shape) != (p.batch, p.in_channels, *p.in_size):
+        raise ValueError(f"grad_output {tuple(dy.shape)} / input {tuple(x.shape)} do not match {p}")
+    if not (dy.dtype == x.dtype == w.dtype) or dy.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise TypeError(f"triton wgrad needs matching fp16/bf16/fp32 tensors, got {dy.dtype}/{x.dtype}/{w.dtype}")
+    dyc, xc = channels_last(dy), channels_last(x)
+    cfg = config or pick("wgrad", p, dy.dtype, dy.device, wgrad_candidates(p, dy.device),
+                         lambda c: conv3d_wgrad(dy, x, w, p, config=c))
+    tiling = group_tiling(p.groups, p.out_channels_per_group, p.in_channels_per_group, cfg.block_m)
+    taps = p.kernel[0] * p.kernel[1] * p.kernel[2]
+    cols = taps * tiling.red_per_tile
+    positions = p.gemm_m
+    split = wgrad_split(tiling.num_tiles, cdiv(cols, cfg.block_n), positions, cfg, dy.device)
+    per_split = cdiv(cdiv(positions, split), cfg.block_k) * cfg.block_k
+    split = cdiv(positions, per_split)
+    fmt = memory_format_of(w)
+    dw = new_output(tuple(w.shape), dtype=w.dtype, device=w.device, memory_format=fmt)
+    if split == 1:
+        dst, split_stride = dw, 0
+    else:
+        dst = new_output((split * p.out_channels, *w.shape[1:]), dtype=torch.float32, device=w.device,
+                         memory_format=fmt)
+        split_stride = p.out_channels * dst.stride(0)
+    conv3d_wgrad_kernel[(tiling.num_tiles, cdiv(cols, cfg.block_n), split)](
+        dyc, xc, dst,
+        positions, per_split, *p.in_size, *p.out_size,
+        *p.kernel, *p.stride, *p.padding, *p.dilation,
+        *tiling.kernel_args(),
+        *ndhwc_strides(dyc), *ndhwc_strides(xc),
+        split_stride, *dst.stride(),
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
+        TAP_ALIGNED=tiling.red_per_tile % cfg.block_n == 0, BLOCK_DIAG=tiling.block_diagonal,
+        **dot_flags(dy.dtype), num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    if split > 1:
+        block = 256 if INTERPRETED else 1024
+        sum_splits_kernel[(cdiv(dw.numel(), block),)](dst, dw, dw.numel(), split, BLOCK=block)
+    return dw

@@ -1,0 +1,84 @@
+"""Grouped convolution as block-diagonal implicit GEMM: how output-channel tiles map onto groups.
+
+Every conv kernel of this backend is grouped (a dense conv is one group). A tile of BLOCK_N output
+channels covers either
+* several whole groups (``groups_per_tile`` > 1, ResNeXt's Cg = 4..32, depthwise): its GEMM-K runs
+  over the flattened T*R*S*(groups_per_tile*Cg) slice of input channels that those groups read, and
+  the weight tile is block-diagonal (entries whose input group differs from the column's group are
+  zero). The extra MMAs are free in this memory-bound regime, and no per-tap K padding happens; or
+* part of one group (``tiles_per_group`` >= 1, dense convs and wide groups): plain implicit GEMM
+  over that group's T*R*S*Cg.
+
+"out" and "red" are the GEMM's column and reduction channels: (K, C) in fprop and wgrad, (C, K)
+in dgrad, which is why the tiling is parametrised by them rather than by conv names.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import triton
+import triton.language as tl
+
+from .common import cdiv
+
+
+@dataclass(frozen=True)
+class GroupTiling:
+    groups: int
+    out_per_group: int
+    red_per_group: int
+    block_n: int
+    groups_per_tile: int  # GB: whole groups one tile covers (1 when a group spans several tiles)
+    tiles_per_group: int  # NB: tiles one group spans (1 when a tile holds several groups)
+
+    @property
+    def red_per_tile(self) -> int:
+        """Reduction channels one tile reads per filter tap (the CT of the kernels)."""
+        return self.groups_per_tile * self.red_per_group
+
+    @property
+    def num_tiles(self) -> int:
+        return cdiv(self.groups, self.groups_per_tile) * self.tiles_per_group
+
+    @property
+    def block_diagonal(self) -> bool:
+        return self.groups_per_tile > 1
+
+    def kernel_args(self) -> tuple:
+        """(groups, out_per_group, red_per_group, GB, NB), the kernels' positional group arguments."""
+        return self.groups, self.out_per_group, self.red_per_group, self.groups_per_tile, self.tiles_per_group
+
+
+def group_tiling(groups: int, out_per_group: int, red_per_group: int, block_n: int) -> GroupTiling:
+    if out_per_group >= block_n:
+        return GroupTiling(groups, out_per_group, red_per_group, block_n, 1, cdiv(out_per_group, block_n))
+    gb = min(block_n // out_per_group, groups)
+    return GroupTiling(groups, out_per_group, red_per_group, block_n, gb, 1)
+
+
+@triton.jit
+def tile_channels(pid_n, groups, out_per_group, GB, NB, BLOCK_N: tl.constexpr):
+    """Columns of output-channel tile ``pid_n``.
+
+    Returns (g0, out_ch, col_group, col_mask): the tile's first group, the global output channel and
+    group of each of its BLOCK_N columns, and which columns are real.
+    """
+    g0 = (pid_n // NB) * GB
+    jj = (pid_n % NB) * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_group = g0 + jj // out_per_group
+    col_mask = (jj < GB * out_per_group) & (col_group < groups)
+    out_ch = g0 * out_per_group + jj
+    return g0, out_ch, col_group, col_mask
+
+
+@triton.jit
+def red_channels(g0, cl, red_per_group, groups, BLOCK_DIAG: tl.constexpr):
+    """Tile-local reduction channels ``cl`` -> (global channel, index inside its group, group, valid)."""
+    if BLOCK_DIAG:
+        red_group = g0 + cl // red_per_group
+        in_group = cl - (red_group - g0) * red_per_group
+    else:
+        red_group = g0 + cl * 0
+        in_group = cl
+    valid = (red_group < groups) & (in_group < red_per_group)
+    return g0 * red_per_group + cl, in_group, red_group, valid
