@@ -5,6 +5,7 @@ the source list and flags of _extension.py. VIDEO3D_FAST_CUDA=0/1 skips/forces t
 TORCH_CUDA_ARCH_LIST picks GPU architectures (default 8.0;9.0 when no GPU is visible).
 """
 import importlib.util
+import sys
 from pathlib import Path
 
 from setuptools import setup
@@ -16,6 +17,7 @@ def _load_build_helpers():
     # Import _extension.py by path: importing the package would import torch ops we are about to build.
     spec = importlib.util.spec_from_file_location("_v3d_build", ROOT / "video3d_fast" / "_extension.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
     spec.loader.exec_module(module)
     return module
 

@@ -8,6 +8,7 @@ exposed for tests of the custom-op machinery only.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Dict, Optional
 
@@ -20,6 +21,7 @@ BACKENDS = ("torch", "triton", "cuda", "cpu")
 AUTO_ORDER = {"cuda": ("triton", "cuda", "torch"), "cpu": ("cpu", "torch")}
 
 _instances: Dict[str, Backend] = {}
+_warned_fallback: set = set()
 
 
 @dataclass(frozen=True)
@@ -81,9 +83,15 @@ def _device_reason(name: str, device: torch.device) -> Optional[str]:
 def _resolve(requested: str, device_type: str) -> str:
     device = torch.device(device_type)
     if requested == "auto":
-        for name in AUTO_ORDER.get(device.type, ("torch",)):
+        order = AUTO_ORDER.get(device.type, ("torch",))
+        for name in order:
             if _reason(name) is None and _device_reason(name, device) is None:
                 return name
+        if device.type not in _warned_fallback and len(order) > 1:
+            _warned_fallback.add(device.type)
+            why = "; ".join(f"{n}: {_reason(n) or _device_reason(n, device)}" for n in order if n != "torch")
+            warnings.warn(f"video3d_fast: no fused backend for {device.type} tensors, running the unfused "
+                          f"torch reference ({why})", RuntimeWarning, stacklevel=3)
         return "torch"
     if requested not in BACKENDS and requested != "aten":
         raise ValueError(f"unknown backend {requested!r}; expected one of {('auto',) + BACKENDS}")
