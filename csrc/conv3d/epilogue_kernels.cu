@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <initializer_list>
 
 #include "epilogue_kernels.h"
 
@@ -33,50 +34,120 @@ __device__ __forceinline__ int64_t imin(int64_t a, int64_t b) { return a < b ? a
 
 template <typename A> __device__ __forceinline__ A relu_f(A x) { return x > A(0) ? x : (x != x ? x : A(0)); }
 
-__device__ __forceinline__ int64_t channel_of(int64_t idx, const ChannelLayout& L) {
-  return L.inner == 1 ? idx % L.channels : (idx / L.inner) % L.channels;
-}
-
 constexpr int kThreads = 256;
 
 int64_t elementwise_blocks(int64_t n) { return std::min<int64_t>((n + kThreads - 1) / kThreads, 65535LL * 8); }
 
-// ---------------------------------------------------------------------------------------------
-template <typename T>
-__global__ void affine_act_kernel(const T* __restrict__ c, const typename Acc<T>::type* __restrict__ a,
+// VEC consecutive elements moved as one 16-byte access (or VEC = 1 where alignment/shape forbid).
+template <typename T, int VEC>
+struct alignas(sizeof(T) * VEC) Pack {
+  T v[VEC];
+};
+template <typename T> constexpr int vec_width() { return 16 / sizeof(T); }
+
+// Elementwise kernels: each thread takes VEC consecutive elements at a time. The host guarantees that
+// those share one channel (NCDHW: inner % VEC == 0) or are VEC consecutive channels (NDHWC: C % VEC
+// == 0), so the channel index is computed once per pack, in 32-bit arithmetic when the tensor allows.
+template <typename T, int VEC, typename IndexT>
+__global__ void affine_act_kernel(const T* c, const typename Acc<T>::type* __restrict__ a,
                                   const typename Acc<T>::type* __restrict__ b, const T* __restrict__ res, bool relu,
-                                  T* out, ChannelLayout L) {
+                                  T* out, ChannelLayout L) {  // out may alias c: no __restrict__ on either
   using A = typename Acc<T>::type;
-  const int64_t n = L.numel();
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t ch = channel_of(i, L);
-    A z = load_acc(c, i) * a[ch] + b[ch];
-    if (res) z += load_acc(res, i);
-    store_acc(out, i, relu ? relu_f(z) : z);
+  using P = Pack<T, VEC>;
+  const IndexT n_packs = IndexT(L.numel() / VEC), C = IndexT(L.channels), inner = IndexT(L.inner);
+  for (IndexT v = IndexT(blockIdx.x) * blockDim.x + threadIdx.x; v < n_packs; v += IndexT(gridDim.x) * blockDim.x) {
+    const IndexT base = v * VEC;
+    const IndexT ch0 = (base / inner) % C;
+    const P pc = reinterpret_cast<const P*>(c)[v];
+    P pr;
+    if (res) pr = reinterpret_cast<const P*>(res)[v];
+    P po;
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) {
+      const IndexT ch = inner == 1 ? ch0 + j : ch0;
+      A z = load_acc(pc.v, j) * a[ch] + b[ch];
+      if (res) z += load_acc(pr.v, j);
+      store_acc(po.v, j, relu ? relu_f(z) : z);
+    }
+    reinterpret_cast<P*>(out)[v] = po;
   }
 }
 
-template <typename T>
+template <typename T, int VEC, typename IndexT>
 __global__ void grad_apply_kernel(const T* __restrict__ g, const T* __restrict__ out, const T* __restrict__ x,
                                   const typename Acc<T>::type* __restrict__ k,
                                   const typename Acc<T>::type* __restrict__ alpha,
                                   const typename Acc<T>::type* __restrict__ beta, bool relu, T* __restrict__ gc,
                                   T* __restrict__ gres, ChannelLayout L) {
   using A = typename Acc<T>::type;
-  const int64_t n = L.numel();
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    A gz = load_acc(g, i);
-    if (relu && !(load_acc(out, i) > A(0))) gz = A(0);
-    if (gres) store_acc(gres, i, gz);
-    if (gc) {
-      const int64_t ch = channel_of(i, L);
-      A r = gz * k[ch];
-      if (x) r += load_acc(x, i) * alpha[ch];
-      if (beta) r += beta[ch];
-      store_acc(gc, i, r);
+  using P = Pack<T, VEC>;
+  const IndexT n_packs = IndexT(L.numel() / VEC), C = IndexT(L.channels), inner = IndexT(L.inner);
+  for (IndexT v = IndexT(blockIdx.x) * blockDim.x + threadIdx.x; v < n_packs; v += IndexT(gridDim.x) * blockDim.x) {
+    const IndexT base = v * VEC;
+    const IndexT ch0 = (base / inner) % C;
+    const P pg = reinterpret_cast<const P*>(g)[v];
+    P po, px, pgc, pres;
+    if (relu) po = reinterpret_cast<const P*>(out)[v];
+    if (x) px = reinterpret_cast<const P*>(x)[v];
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) {
+      A gz = load_acc(pg.v, j);
+      if (relu && !(load_acc(po.v, j) > A(0))) gz = A(0);
+      if (gres) store_acc(pres.v, j, gz);
+      if (gc) {
+        const IndexT ch = inner == 1 ? ch0 + j : ch0;
+        A r = gz * k[ch];
+        if (x) r += load_acc(px.v, j) * alpha[ch];
+        if (beta) r += beta[ch];
+        store_acc(pgc.v, j, r);
+      }
     }
+    if (gres) reinterpret_cast<P*>(gres)[v] = pres;
+    if (gc) reinterpret_cast<P*>(gc)[v] = pgc;
   }
 }
+
+// Widest pack every pointer and the layout allow (see the kernels' comment), else 1.
+template <typename T>
+int pick_vec(const ChannelLayout& L, std::initializer_list<const void*> ptrs) {
+  constexpr int V = vec_width<T>();
+  const bool shape_ok = L.inner == 1 ? L.channels % V == 0 : L.inner % V == 0;
+  if (!shape_ok) return 1;
+  for (const void* p : ptrs)
+    if (p != nullptr && reinterpret_cast<uintptr_t>(p) % 16 != 0) return 1;
+  return V;
+}
+
+template <typename T, int VEC, typename IndexT>
+void launch_affine_act(const void* c, const void* a, const void* b, const void* res, bool relu, void* out,
+                       const ChannelLayout& L, cudaStream_t stream) {
+  using A = typename Acc<T>::type;
+  affine_act_kernel<T, VEC, IndexT><<<unsigned(elementwise_blocks(L.numel() / VEC)), kThreads, 0, stream>>>(
+      static_cast<const T*>(c), static_cast<const A*>(a), static_cast<const A*>(b), static_cast<const T*>(res), relu,
+      static_cast<T*>(out), L);
+}
+
+template <typename T, int VEC, typename IndexT>
+void launch_grad_apply(const void* grad, const void* out, const void* x, const void* k, const void* alpha,
+                       const void* beta, bool relu, void* gc, void* gres, const ChannelLayout& L, cudaStream_t stream) {
+  using A = typename Acc<T>::type;
+  grad_apply_kernel<T, VEC, IndexT><<<unsigned(elementwise_blocks(L.numel() / VEC)), kThreads, 0, stream>>>(
+      static_cast<const T*>(grad), static_cast<const T*>(out), static_cast<const T*>(x), static_cast<const A*>(k),
+      static_cast<const A*>(alpha), static_cast<const A*>(beta), relu, static_cast<T*>(gc), static_cast<T*>(gres), L);
+}
+
+// FN<T, VEC, IndexT>(args...) with VEC = the pack width `vec` chosen by pick_vec (or 1) and 32-bit
+// indices when the tensor has fewer than 2^31 elements.
+#define V3D_VEC_INDEX_DISPATCH(T, L, vec, FN, ...)                                   \
+  do {                                                                               \
+    constexpr int V_ = vec_width<T>();                                               \
+    const bool small_ = (L).numel() < (int64_t(1) << 31);                            \
+    if ((vec) == V_) {                                                               \
+      if (small_) FN<T, V_, uint32_t>(__VA_ARGS__); else FN<T, V_, int64_t>(__VA_ARGS__); \
+    } else {                                                                         \
+      if (small_) FN<T, 1, uint32_t>(__VA_ARGS__); else FN<T, 1, int64_t>(__VA_ARGS__); \
+    }                                                                                \
+  } while (0)
 
 // ---------------------------------------------------------------------------------------------
 // Reductions. The per-element terms of each Reduction kind:
@@ -226,10 +297,8 @@ cudaError_t affine_act(DType dt, const void* c, const void* a, const void* b, co
                        ChannelLayout L, cudaStream_t stream) {
   if (L.numel() == 0) return cudaSuccess;
   V3D_CUDA_DISPATCH(dt, {
-    using A = typename Acc<T>::type;
-    affine_act_kernel<T><<<unsigned(elementwise_blocks(L.numel())), kThreads, 0, stream>>>(
-        static_cast<const T*>(c), static_cast<const A*>(a), static_cast<const A*>(b), static_cast<const T*>(res),
-        relu, static_cast<T*>(out), L);
+    const int vec = pick_vec<T>(L, {c, res, out});
+    V3D_VEC_INDEX_DISPATCH(T, L, vec, launch_affine_act, c, a, b, res, relu, out, L, stream);
     return cudaGetLastError();
   })
 }
@@ -246,10 +315,8 @@ cudaError_t grad_apply(DType dt, const void* grad, const void* out, const void* 
                        const void* beta, bool relu, void* gc, void* gres, ChannelLayout L, cudaStream_t stream) {
   if (L.numel() == 0) return cudaSuccess;
   V3D_CUDA_DISPATCH(dt, {
-    using A = typename Acc<T>::type;
-    grad_apply_kernel<T><<<unsigned(elementwise_blocks(L.numel())), kThreads, 0, stream>>>(
-        static_cast<const T*>(grad), static_cast<const T*>(out), static_cast<const T*>(x), static_cast<const A*>(k),
-        static_cast<const A*>(alpha), static_cast<const A*>(beta), relu, static_cast<T*>(gc), static_cast<T*>(gres), L);
+    const int vec = pick_vec<T>(L, {grad, out, x, gc, gres});
+    V3D_VEC_INDEX_DISPATCH(T, L, vec, launch_grad_apply, grad, out, x, k, alpha, beta, relu, gc, gres, L, stream);
     return cudaGetLastError();
   })
 }
