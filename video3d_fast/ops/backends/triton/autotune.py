@@ -46,13 +46,13 @@ def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def _block_k_for(red_per_tile: int, cap: int) -> int:
+def _block_k_for(red_per_tile: int, cap: int, general: int) -> int:
     """Largest power-of-two BLOCK_K <= cap dividing the per-tap channel count (tap-aligned loop), else
-    a general flattened-K block of 32 (16 under the interpreter)."""
+    ``general`` (the flattened loop whose K steps span taps)."""
     for bk in (64, 32, 16):
         if bk <= cap and red_per_tile % bk == 0:
             return bk
-    return 16 if INTERPRETED else 32
+    return general
 
 
 def _out_block(out_per_group: int, groups: int, total_out: int, cap: int) -> int:
@@ -62,17 +62,21 @@ def _out_block(out_per_group: int, groups: int, total_out: int, cap: int) -> int
     return max(16, min(cap, next_pow2(total_out if groups == 1 else out_per_group)))
 
 
+def _groups_per_tile(out_per_group: int, block: int) -> int:
+    return max(1, block // out_per_group) if out_per_group < block else 1
+
+
 def _gemm_tile_candidates(rows: int, out_per_group: int, red_per_group: int, groups: int, total_out: int,
                           device: torch.device) -> List[KernelConfig]:
-    """Candidates of fprop/dgrad (rows = output positions, columns = output channels), best guess first."""
-    if INTERPRETED:
-        bn = _out_block(out_per_group, groups, total_out, 32)
-        gb = max(1, bn // out_per_group) if out_per_group < bn else 1
-        return [KernelConfig(32, bn, _block_k_for(gb * red_per_group, 32))]
+    """Candidates of fprop/dgrad (rows = output positions, columns = output channels), best guess first.
+
+    The interpreter's cost is per executed op, not per element, so it gets the largest tiles."""
+    if INTERPRETED:  # fewest executed ops: big tiles, 64-wide K steps (flattened when a tap is narrower)
+        return [KernelConfig(128, _out_block(out_per_group, groups, total_out, 64), 64)]
     bn = _out_block(out_per_group, groups, total_out, 128)
-    gb = max(1, bn // out_per_group) if out_per_group < bn else 1
-    bk = _block_k_for(gb * red_per_group, 64)
-    aligned = (gb * red_per_group) % bk == 0
+    red_per_tile = _groups_per_tile(out_per_group, bn) * red_per_group
+    bk = _block_k_for(red_per_tile, 64, 32)
+    aligned = red_per_tile % bk == 0
     bm = 128 if cdiv(rows, 128) * cdiv(total_out, bn) >= _sm_count(device) else 64
     first = KernelConfig(bm, bn, bk, 4, 3 if aligned else 2)
     others = [KernelConfig(64, bn, bk, 4, 3), KernelConfig(128, max(16, bn // 2), bk, 4, 3)]
@@ -94,12 +98,10 @@ def wgrad_candidates(p: Conv3dParams, device: torch.device) -> List[KernelConfig
     """wgrad GEMM: rows = output channels, columns = T*R*S*CT (tap, channel), reduction = positions."""
     kg, cg = p.out_channels_per_group, p.in_channels_per_group
     if INTERPRETED:
-        bm = _out_block(kg, p.groups, p.out_channels, 32)
-        gb = max(1, bm // kg) if kg < bm else 1
-        return [KernelConfig(bm, _block_k_for(gb * cg, 32), 32)]
+        return [KernelConfig(_out_block(kg, p.groups, p.out_channels, 64), 64, 128)]
     bm = _out_block(kg, p.groups, p.out_channels, 128)
-    gb = max(1, bm // kg) if kg < bm else 1
-    bn = _block_k_for(gb * cg, 64)  # columns: keep a column block inside one tap when possible
+    red_per_tile = _groups_per_tile(kg, bm) * cg
+    bn = _block_k_for(red_per_tile, 64, 32)  # keep a column block inside one tap when possible
     return [KernelConfig(bm, bn, 64, 4, 3), KernelConfig(bm, bn, 32, 4, 3)]
 
 

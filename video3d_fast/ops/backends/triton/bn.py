@@ -18,13 +18,13 @@ from ...debug import new_output
 from .common import INTERPRETED, cdiv, ndhwc_strides, next_pow2, split_rows
 
 FINALIZE_TILES = 64  # tile partials read per step of the combine loops
+# sizes are runtime values so one compiled kernel serves every layer (strides stay specialised)
+ROWS_ARGS = ["M", "K", "Dd", "Hh", "Ww"]
 
 
 def _elementwise_blocks(channels: int) -> Tuple[int, int]:
     """(BLOCK_M rows, BLOCK_C channels) of the per-channel elementwise/reduction kernels."""
-    if INTERPRETED:
-        return 32, min(32, max(16, next_pow2(channels)))
-    return 64, min(64, max(16, next_pow2(channels)))
+    return (128 if INTERPRETED else 64), min(64, max(16, next_pow2(channels)))
 
 
 @triton.jit
@@ -36,7 +36,7 @@ def _offsets(m, Dd, Hh, Ww, s_n, s_d, s_h, s_w):
 # ------------------------------------------------------------------------------------------------
 # forward: finalize statistics, apply
 # ------------------------------------------------------------------------------------------------
-@triton.jit
+@triton.jit(do_not_specialize=["num_tiles", "rows_per_tile", "M", "K"])
 def bn_finalize_kernel(
     tile_sum_ptr, tile_m2_ptr, gamma_ptr, beta_ptr, mean_ptr, var_ptr, a_ptr, b_ptr,
     num_tiles, rows_per_tile, M, K, eps,
@@ -80,12 +80,12 @@ def bn_finalize(tile_sum: torch.Tensor, tile_m2: torch.Tensor, rows_per_tile: in
     block_c = min(64, max(16, next_pow2(K)))
     bn_finalize_kernel[(cdiv(K, block_c),)](
         tile_sum, tile_m2, gamma, beta, *outs, num_tiles, rows_per_tile, count, K, float(eps),
-        BLOCK_T=16 if INTERPRETED else FINALIZE_TILES, BLOCK_C=block_c,
+        BLOCK_T=FINALIZE_TILES, BLOCK_C=block_c,
     )
     return tuple(outs)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=ROWS_ARGS)
 def channel_affine_act_kernel(
     c_ptr, res_ptr, out_ptr, a_ptr, b_ptr,
     M, K, Dd, Hh, Ww,
@@ -132,7 +132,7 @@ def channel_affine_act(c: torch.Tensor, a: torch.Tensor, b: torch.Tensor, residu
 # ------------------------------------------------------------------------------------------------
 # backward: reductions and the gradient prologue
 # ------------------------------------------------------------------------------------------------
-@triton.jit
+@triton.jit(do_not_specialize=ROWS_ARGS)
 def grad_sums_kernel(
     g_ptr, out_ptr, c_ptr, center_ptr, p_g_ptr, p_gc_ptr,
     M, K, Dd, Hh, Ww,
@@ -163,7 +163,7 @@ def grad_sums_kernel(
         tl.store(p_gc_ptr + pid_m * K + ch, tl.sum(gz * c, axis=0), mask=cmask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_tiles", "K"])
 def sum_tiles_kernel(p_ptr, out_ptr, num_tiles, K, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr):
     """out[ch] = sum over tiles of p[tile, ch], in tile order (deterministic)."""
     ch = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -181,7 +181,7 @@ def _sum_tiles(partials: torch.Tensor) -> torch.Tensor:
     out = new_output((K,), dtype=torch.float32, device=partials.device)
     block_c = min(64, max(16, next_pow2(K)))
     sum_tiles_kernel[(cdiv(K, block_c),)](
-        partials, out, num_tiles, K, BLOCK_T=16 if INTERPRETED else FINALIZE_TILES, BLOCK_C=block_c
+        partials, out, num_tiles, K, BLOCK_T=FINALIZE_TILES, BLOCK_C=block_c
     )
     return out
 
@@ -208,7 +208,7 @@ def grad_sums(grad: torch.Tensor, out: Optional[torch.Tensor], relu: bool, c: Op
     return _sum_tiles(p_g), (_sum_tiles(p_gc) if c is not None else None)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=ROWS_ARGS)
 def grad_prologue_kernel(
     g_ptr, out_ptr, c_ptr, gc_ptr, gz_ptr,
     coef_ptr, mean_ptr, var_ptr, sum_g_ptr, sum_gc_ptr,

@@ -94,6 +94,13 @@ def gather_ndhwc(ptr, n_off, d, h, w, ch, mask, D, H, W, s_d, s_h, s_w, s_c):
 
 
 @triton.jit
+def aligned_run(v, BLOCK: tl.constexpr):
+    """Hint that ``v`` (start + arange(BLOCK)) is contiguous and starts at a multiple of BLOCK, so
+    that channel-axis loads vectorise. Callers guarantee it (tap-aligned loops, see the kernels)."""
+    return tl.max_contiguous(tl.multiple_of(v, BLOCK), BLOCK)
+
+
+@triton.jit
 def split_rows(m, Do, Ho, Wo):
     """Row index of the GEMM over N*Do*Ho*Wo -> (n, od, oh, ow)."""
     ow = m % Wo

@@ -21,6 +21,7 @@ from .common import (
     cdiv,
     channels_last,
     dot_flags,
+    aligned_run,
     gather_ndhwc,
     mma,
     ndhwc_strides,
@@ -47,12 +48,21 @@ def phase_offset(phase, pad, dil, stride, t):
     return (phase + pad - t * dil) // stride
 
 
+# Problem sizes are runtime values (not specialised) so that one compiled kernel serves every layer
+# shape of a network; strides stay specialised (divisibility by 16 enables vector loads).
+DGRAD_SHAPE_ARGS = [
+    'D', 'H', 'W', 'Do', 'Ho', 'Wo', 'N', 'T', 'R', 'S', 'str_d', 'str_h', 'str_w', 'pad_d', 'pad_h', 'pad_w',
+    'dil_d', 'dil_h', 'dil_w', 'step_d', 'step_h', 'step_w', 'groups', 'out_per_group', 'red_per_group', 'GB',
+    'NB'
+]
+
+
 # Conv -> GEMM (dgrad): rows (BLOCK_M) over the N*D*H*W input positions of one stride phase, columns
 # (BLOCK_N) over input channels C (group tiling of grouped.py with out = C/groups, red = K/groups),
 # reduction (BLOCK_K) over the flattened (phase's taps) x KT output-gradient channels, KT =
 # GB*K/groups, channel fastest. A is gathered from the NDHWC output gradient, B is the weight read
 # as [tap, k] x [c] (block-diagonal across groups). TAP_ALIGNED as in conv3d_fwd.
-@triton.jit
+@triton.jit(do_not_specialize=DGRAD_SHAPE_ARGS)
 def conv3d_dgrad_kernel(
     dy_ptr, w_ptr, dx_ptr,
     D, H, W, Do, Ho, Wo, N,
@@ -62,7 +72,7 @@ def conv3d_dgrad_kernel(
     w_sk, w_sc, w_st, w_sr, w_ss,
     x_sn, x_sd, x_sh, x_sw, x_sc,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    TAP_ALIGNED: tl.constexpr, BLOCK_DIAG: tl.constexpr,
+    TAP_ALIGNED: tl.constexpr, BLOCK_DIAG: tl.constexpr, FULL_GROUPS: tl.constexpr,
     IS_FP32: tl.constexpr, TF32: tl.constexpr, UPCAST: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
@@ -112,12 +122,16 @@ def conv3d_dgrad_kernel(
         red_ch, red_in_group, red_group, red_valid = red_channels(g0, kl, red_per_group, groups, BLOCK_DIAG)
         red_valid = red_valid & red_valid_k
         if TAP_ALIGNED:
+            red_ch = aligned_run(red_ch, BLOCK_K)  # as in conv3d_fwd: steps start at multiples of BLOCK_K
+            if FULL_GROUPS:
+                a_mask = row_mask[:, None]
+            else:
+                a_mask = row_mask[:, None] & red_valid[None, :]
             a = gather_ndhwc(
                 dy_ptr, n_off[:, None], (i + phase_offset(p_d, pad_d, dil_d, str_d, t))[:, None],
                 (j + phase_offset(p_h, pad_h, dil_h, str_h, r))[:, None],
                 (l + phase_offset(p_w, pad_w, dil_w, str_w, s))[:, None],
-                red_ch[None, :], row_mask[:, None] & red_valid[None, :],
-                Do, Ho, Wo, y_sd, y_sh, y_sw, y_sc,
+                red_ch[None, :], a_mask, Do, Ho, Wo, y_sd, y_sh, y_sw, y_sc,
             )
         else:
             a = gather_ndhwc(
@@ -170,6 +184,7 @@ def conv3d_dgrad(dy: torch.Tensor, w: torch.Tensor, p: Conv3dParams, input_forma
         *ndhwc_strides(dyc), *wc.stride(), *ndhwc_strides(dx),
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
         TAP_ALIGNED=tiling.red_per_tile % cfg.block_k == 0, BLOCK_DIAG=tiling.block_diagonal,
+        FULL_GROUPS=tiling.full_groups,
         **dot_flags(dy.dtype), num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return dx

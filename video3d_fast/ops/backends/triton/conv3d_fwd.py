@@ -24,6 +24,7 @@ from .common import (
     cdiv,
     channels_last,
     dot_flags,
+    aligned_run,
     gather_ndhwc,
     mma,
     ndhwc_strides,
@@ -33,6 +34,14 @@ from .common import (
 from .grouped import group_tiling, red_channels, tile_channels
 
 
+# Problem sizes are runtime values (not specialised) so that one compiled kernel serves every layer
+# shape of a network; strides stay specialised (divisibility by 16 enables vector loads).
+FWD_SHAPE_ARGS = [
+    'M', 'D', 'H', 'W', 'Do', 'Ho', 'Wo', 'C', 'K', 'T', 'R', 'S', 'str_d', 'str_h', 'str_w', 'pad_d',
+    'pad_h', 'pad_w', 'dil_d', 'dil_h', 'dil_w', 'groups', 'out_per_group', 'red_per_group', 'GB', 'NB'
+]
+
+
 # Conv -> GEMM: rows (BLOCK_M) over N*Do*Ho*Wo output positions, columns (BLOCK_N) over output
 # channels K (a tile holds GB whole groups or part of one, see grouped.py), reduction (BLOCK_K) over
 # the flattened T*R*S*CT with CT = GB*C/groups, channel fastest. The A tile is gathered from the
@@ -40,7 +49,7 @@ from .grouped import group_tiling, red_channels, tile_channels
 # tile spans several groups. TAP_ALIGNED (CT % BLOCK_K == 0) keeps each K step inside one tap, so the
 # gather needs per-row coordinates only; otherwise (C=3 stem, small groups) a K step spans taps and
 # coordinates are per (row, column) -- no per-tap padding either way.
-@triton.jit
+@triton.jit(do_not_specialize=FWD_SHAPE_ARGS)
 def conv3d_fwd_kernel(
     x_ptr, w_ptr, out_ptr, conv_ptr, res_ptr, scale_ptr, shift_ptr, psum_ptr, pm2_ptr,
     M, D, H, W, Do, Ho, Wo, C, K,
@@ -51,7 +60,7 @@ def conv3d_fwd_kernel(
     o_sn, o_sd, o_sh, o_sw, o_sc,
     r_sn, r_sd, r_sh, r_sw, r_sc,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    TAP_ALIGNED: tl.constexpr, BLOCK_DIAG: tl.constexpr,
+    TAP_ALIGNED: tl.constexpr, BLOCK_DIAG: tl.constexpr, FULL_GROUPS: tl.constexpr,
     HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_RES: tl.constexpr, RELU: tl.constexpr,
     STORE_OUT: tl.constexpr, STORE_CONV: tl.constexpr, STATS: tl.constexpr,
     IS_FP32: tl.constexpr, TF32: tl.constexpr, UPCAST: tl.constexpr,
@@ -79,10 +88,15 @@ def conv3d_fwd_kernel(
             cl = (k0 - tap * CT) + kr
             t, r, s = split_taps(tap, R, S)
             ch, in_group, red_group, red_valid = red_channels(g0, cl, red_per_group, groups, BLOCK_DIAG)
+            # the K step's channels start at a multiple of BLOCK_K (CT and g0*Cg are multiples of it)
+            ch = aligned_run(ch, BLOCK_K)
+            if FULL_GROUPS:  # every channel of the step is real: a row-only mask keeps loads vectorised
+                a_mask = row_mask[:, None]
+            else:
+                a_mask = row_mask[:, None] & red_valid[None, :]
             a = gather_ndhwc(
                 x_ptr, n_off[:, None], (base_d + t * dil_d)[:, None], (base_h + r * dil_h)[:, None],
-                (base_w + s * dil_w)[:, None], ch[None, :], row_mask[:, None] & red_valid[None, :],
-                D, H, W, x_sd, x_sh, x_sw, x_sc,
+                (base_w + s * dil_w)[:, None], ch[None, :], a_mask, D, H, W, x_sd, x_sh, x_sw, x_sc,
             )
             w_tap = t * w_st + r * w_sr + s * w_ss
         else:
@@ -207,7 +221,7 @@ def conv3d_fwd(
         *ndhwc_strides(xc), *_weight_strides(wc),
         *ndhwc_strides(ref_out if ref_out is not None else x), *ndhwc_strides(res if res is not None else x),
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
-        TAP_ALIGNED=tap_aligned, BLOCK_DIAG=tiling.block_diagonal,
+        TAP_ALIGNED=tap_aligned, BLOCK_DIAG=tiling.block_diagonal, FULL_GROUPS=tiling.full_groups,
         HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None, HAS_RES=residual is not None, RELU=relu,
         STORE_OUT=store_out, STORE_CONV=store_conv, STATS=stats,
         **dot_flags(x.dtype),

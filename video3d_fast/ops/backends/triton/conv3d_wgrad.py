@@ -22,6 +22,7 @@ from .common import (
     cdiv,
     channels_last,
     dot_flags,
+    aligned_run,
     gather_ndhwc,
     mma,
     ndhwc_strides,
@@ -31,6 +32,15 @@ from .common import (
 from .grouped import group_tiling, red_channels, tile_channels
 
 
+# Problem sizes are runtime values (not specialised) so that one compiled kernel serves every layer
+# shape of a network; strides stay specialised (divisibility by 16 enables vector loads).
+WGRAD_SHAPE_ARGS = [
+    'P', 'positions_per_split', 'D', 'H', 'W', 'Do', 'Ho', 'Wo', 'T', 'R', 'S', 'str_d', 'str_h', 'str_w',
+    'pad_d', 'pad_h', 'pad_w', 'dil_d', 'dil_h', 'dil_w', 'groups', 'out_per_group', 'red_per_group', 'GB',
+    'NB'
+]
+
+
 # Conv -> GEMM (wgrad): rows (BLOCK_M) over output channels K (group tiling of grouped.py, out =
 # K/groups, red = C/groups), columns (BLOCK_N) over the flattened T*R*S*CT (tap, input channel of
 # the tile's groups), CT = GB*C/groups, channel fastest; reduction (BLOCK_K) over this program's
@@ -38,7 +48,7 @@ from .grouped import group_tiling, red_channels, tile_channels
 # implicit im2col of the input (the gather of conv3d_fwd, transposed). Block-diagonal entries that
 # pair a channel with another group's filter are computed and dropped. TAP_ALIGNED (CT % BLOCK_N
 # == 0): a column block lies inside one tap, so the gather needs per-position coordinates only.
-@triton.jit
+@triton.jit(do_not_specialize=WGRAD_SHAPE_ARGS)
 def conv3d_wgrad_kernel(
     dy_ptr, x_ptr, dst_ptr,
     P, positions_per_split, D, H, W, Do, Ho, Wo,
@@ -48,7 +58,7 @@ def conv3d_wgrad_kernel(
     x_sn, x_sd, x_sh, x_sw, x_sc,
     d_split, d_sk, d_sc, d_st, d_sr, d_ss,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    TAP_ALIGNED: tl.constexpr, BLOCK_DIAG: tl.constexpr,
+    TAP_ALIGNED: tl.constexpr, BLOCK_DIAG: tl.constexpr, FULL_GROUPS: tl.constexpr,
     IS_FP32: tl.constexpr, TF32: tl.constexpr, UPCAST: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
@@ -66,6 +76,8 @@ def conv3d_wgrad_kernel(
         cl = cols - tap * CT
     t, r, s = split_taps(tap, R, S)
     ch, c_in_group, red_group, col_mask = red_channels(g0, cl, red_per_group, groups, BLOCK_DIAG)
+    if TAP_ALIGNED:  # the block's channels start at a multiple of BLOCK_N (CT and g0*Cg are multiples)
+        ch = aligned_run(ch, BLOCK_N)
     col_mask = col_mask & (cols < T * R * S * CT)
 
     p_start = pid_k * positions_per_split
@@ -80,10 +92,14 @@ def conv3d_wgrad_kernel(
         a = tl.load(dy_ptr + y_row[None, :] + (oc * y_sc)[:, None],
                     mask=row_mask[:, None] & pos_mask[None, :], other=0.0)
         if TAP_ALIGNED:
+            if FULL_GROUPS:  # every column of the block is real: a row-only mask keeps loads vectorised
+                b_mask = pos_mask[:, None]
+            else:
+                b_mask = pos_mask[:, None] & col_mask[None, :]
             b = gather_ndhwc(
                 x_ptr, (n.to(tl.int64) * x_sn)[:, None], (od * str_d - pad_d + t * dil_d)[:, None],
                 (oh * str_h - pad_h + r * dil_h)[:, None], (ow * str_w - pad_w + s * dil_w)[:, None],
-                ch[None, :], pos_mask[:, None] & col_mask[None, :], D, H, W, x_sd, x_sh, x_sw, x_sc,
+                ch[None, :], b_mask, D, H, W, x_sd, x_sh, x_sw, x_sc,
             )
         else:
             b = gather_ndhwc(
@@ -102,14 +118,16 @@ def conv3d_wgrad_kernel(
     tl.store(dst, acc.to(dst_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["numel", "split"])
 def sum_splits_kernel(ws_ptr, out_ptr, numel, split, BLOCK: tl.constexpr):
     """out[i] = sum over slices of ws[slice, i] in slice order, rounded once to out's dtype."""
     i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = i < numel
     total = tl.zeros((BLOCK,), dtype=tl.float32)
-    for k in range(0, split):
-        total += tl.load(ws_ptr + k.to(tl.int64) * numel + i, mask=mask, other=0.0)
+    ptrs = ws_ptr + i
+    for _ in range(0, split):
+        total += tl.load(ptrs, mask=mask, other=0.0)
+        ptrs += numel  # pointer arithmetic is 64-bit; split * numel may not fit int32
     tl.store(out_ptr + i, total.to(out_ptr.dtype.element_ty), mask=mask)
 
 
@@ -148,6 +166,7 @@ def conv3d_wgrad(dy: torch.Tensor, x: torch.Tensor, w: torch.Tensor, p: Conv3dPa
         split_stride, *dst.stride(),
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
         TAP_ALIGNED=tiling.red_per_tile % cfg.block_n == 0, BLOCK_DIAG=tiling.block_diagonal,
+        FULL_GROUPS=tiling.full_groups,
         **dot_flags(dy.dtype), num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     if split > 1:

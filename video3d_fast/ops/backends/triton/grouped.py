@@ -41,6 +41,11 @@ class GroupTiling:
         return cdiv(self.groups, self.groups_per_tile) * self.tiles_per_group
 
     @property
+    def full_groups(self) -> bool:
+        """No tile has a partial group block (so no reduction channel needs masking)."""
+        return self.groups % self.groups_per_tile == 0
+
+    @property
     def block_diagonal(self) -> bool:
         return self.groups_per_tile > 1
 

@@ -1,0 +1,212 @@
+"""Each Triton conv kernel on each of its code paths equals ATen in float64.
+
+The launchers are called with explicit tile configurations so that every constexpr path is taken on
+purpose: tap-aligned vs flattened K loop, dense vs block-diagonal group tiles, full vs partial group
+blocks, several tiles per group, split-K wgrad; the test asserts the path it means to cover.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.ops.helpers import apply_layout, assert_close
+from video3d_fast import ops
+from video3d_fast.ops.debug import poison_outputs
+from video3d_fast.ops.params import memory_format_of
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _triton_runs_here():
+    why = ops.available_backends()["triton"].reason or ops.backends._device_reason("triton", torch.device(DEVICE))
+    if why:
+        pytest.skip(why)
+
+
+@pytest.fixture(autouse=True)
+def _strict_fp32():
+    old = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32 = old
+
+
+def _kernels():
+    from video3d_fast.ops.backends.triton import autotune, conv3d_dgrad, conv3d_fwd, conv3d_wgrad, grouped
+
+    return autotune, conv3d_fwd, conv3d_dgrad, conv3d_wgrad, grouped
+
+
+# (name, N, C, K, size, kernel, stride, padding, dilation, groups)
+PROBLEMS = {
+    "dense": (1, 16, 32, (2, 4, 5), (3, 3, 3), (1, 1, 1), (1, 1, 1), (1, 1, 1), 1),
+    "stem": (1, 3, 16, (3, 6, 6), (3, 3, 3), (1, 2, 2), (1, 1, 1), (1, 1, 1), 1),
+    "strided": (1, 16, 16, (5, 5, 6), (3, 2, 3), (2, 2, 3), (1, 0, 2), (2, 1, 1), 1),
+    "grouped": (2, 32, 32, (3, 4, 4), (3, 3, 3), (1, 1, 1), (1, 1, 1), (1, 1, 1), 8),
+    "grouped_s2": (1, 48, 24, (4, 5, 5), (3, 3, 3), (2, 2, 2), (1, 1, 1), (1, 1, 1), 3),
+}
+
+
+def _problem(name, dtype=torch.float32, layout="ncdhw", seed=0):
+    n, c, k, size, kernel, stride, padding, dilation, groups = PROBLEMS[name]
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, c, *size, generator=g).to(dtype)
+    w = (torch.randn(k, c // groups, *kernel, generator=g) / (c // groups * 27) ** 0.5).to(dtype)
+    p = ops.make_params(x, w, stride, padding, dilation, groups)
+    dy = torch.randn(p.out_shape, generator=g).to(dtype)
+    x, w, dy = (apply_layout(t, layout).to(DEVICE) for t in (x, w, dy))
+    return x, w, dy, p
+
+
+def _aten_grads(x, w, dy, p):
+    return torch.ops.aten.convolution_backward(
+        dy.double(), x.double(), w.double(), None, list(p.stride), list(p.padding), list(p.dilation), False,
+        [0, 0, 0], p.groups, [True, True, False])[:2]
+
+
+def _tiling(p, cfg, kind):
+    _, _, _, _, grouped = _kernels()
+    if kind == "fwd":
+        t = grouped.group_tiling(p.groups, p.out_channels_per_group, p.in_channels_per_group, cfg.block_n)
+        return t, t.red_per_tile % cfg.block_k == 0
+    if kind == "dgrad":
+        t = grouped.group_tiling(p.groups, p.in_channels_per_group, p.out_channels_per_group, cfg.block_n)
+        return t, t.red_per_tile % cfg.block_k == 0
+    t = grouped.group_tiling(p.groups, p.out_channels_per_group, p.in_channels_per_group, cfg.block_m)
+    return t, t.red_per_tile % cfg.block_n == 0
+
+
+# (problem, (block_m, block_n, block_k), expected tap_aligned, block_diagonal, full_groups)
+FWD_PATHS = [
+    ("dense", (32, 16, 16), True, False, True),  # aligned, two row and two column tiles
+    ("dense", (32, 32, 32), False, False, True),  # flattened K (16 channels, 32-wide K steps)
+    ("stem", (32, 16, 16), False, False, True),  # C=3: K steps span taps
+    ("strided", (16, 16, 16), True, False, True),
+    ("grouped", (32, 16, 16), True, True, True),  # 4 groups per tile, block-diagonal
+    ("grouped", (64, 32, 64), False, True, True),
+    ("grouped_s2", (32, 16, 64), False, True, False),  # Kg=8: 2 groups/tile of 3 -> partial last block
+    ("grouped_s2", (32, 16, 32), True, True, False),  # 2*16 channels per tap: aligned, masked channels
+]
+
+
+@pytest.mark.parametrize("name,blocks,aligned,diag,full", FWD_PATHS)
+def test_fwd_kernel_paths_match_aten(name, blocks, aligned, diag, full):
+    autotune, conv3d_fwd, _, _, _ = _kernels()
+    x, w, _, p = _problem(name, layout="ndhwc")
+    cfg = autotune.KernelConfig(*blocks)
+    tiling, tap_aligned = _tiling(p, cfg, "fwd")
+    assert (tap_aligned, tiling.block_diagonal, tiling.full_groups) == (aligned, diag, full)
+    scale = torch.rand(p.out_channels, device=DEVICE) + 0.5
+    shift = torch.randn(p.out_channels, device=DEVICE)
+    res = torch.randn(p.out_shape, device=DEVICE)
+    with poison_outputs():
+        r = conv3d_fwd.conv3d_fwd(x, w, p, scale=scale, shift=shift, residual=res, relu=True, store_conv=True,
+                                  config=cfg)
+    c = torch.nn.functional.conv3d(x.double(), w.double(), None, p.stride, p.padding, p.dilation, p.groups)
+    assert_close(r.conv, c, torch.float32, "conv output")
+    out = torch.relu(c * scale.double().view(1, -1, 1, 1, 1) + shift.double().view(1, -1, 1, 1, 1) + res)
+    assert_close(r.out, out, torch.float32, "epilogue output")
+
+
+DGRAD_PATHS = [
+    ("dense", (32, 16, 16), True, False, True),
+    ("dense", (32, 16, 64), False, False, True),
+    ("strided", (16, 16, 16), True, False, True),  # 12 stride phases, some without taps
+    ("strided", (16, 16, 32), False, False, True),
+    ("grouped", (64, 16, 16), True, True, True),
+    ("grouped_s2", (32, 32, 32), False, True, False),  # dgrad: out = C/g = 16, red = K/g = 8
+    ("grouped_s2", (32, 32, 16), True, True, False),
+]
+
+
+@pytest.mark.parametrize("name,blocks,aligned,diag,full", DGRAD_PATHS)
+def test_dgrad_kernel_paths_match_aten(name, blocks, aligned, diag, full):
+    autotune, _, conv3d_dgrad, _, _ = _kernels()
+    x, w, dy, p = _problem(name, layout="ndhwc", seed=1)
+    cfg = autotune.KernelConfig(*blocks)
+    tiling, tap_aligned = _tiling(p, cfg, "dgrad")
+    assert (tap_aligned, tiling.block_diagonal, tiling.full_groups) == (aligned, diag, full)
+    with poison_outputs():
+        gx = conv3d_dgrad.conv3d_dgrad(dy, w, p, torch.channels_last_3d, config=cfg)
+    assert gx.is_contiguous(memory_format=torch.channels_last_3d)
+    assert_close(gx, _aten_grads(x, w, dy, p)[0], torch.float32, "grad input")
+
+
+WGRAD_PATHS = [
+    ("dense", (16, 16, 32, 1), True, False, True),  # rows: 32 channels in 2 tiles; direct write
+    ("dense", (32, 32, 16, 3), False, False, True),  # split-K over 3 position slices
+    ("stem", (16, 16, 32, 2), False, False, True),
+    ("strided", (16, 16, 64, 4), True, False, True),
+    ("grouped", (16, 16, 32, 2), True, True, True),
+    ("grouped", (32, 64, 16, 1), False, True, True),
+    ("grouped_s2", (16, 64, 16, 3), False, True, False),  # rows: 2 groups of Kg=8 per tile, 3 groups
+    ("grouped_s2", (16, 32, 16, 2), True, True, False),
+]
+
+
+@pytest.mark.parametrize("name,blocks,aligned,diag,full", WGRAD_PATHS)
+def test_wgrad_kernel_paths_match_aten(name, blocks, aligned, diag, full):
+    autotune, _, _, conv3d_wgrad, _ = _kernels()
+    x, w, dy, p = _problem(name, layout="ndhwc", seed=2)
+    cfg = autotune.KernelConfig(*blocks[:3], split_k=blocks[3])
+    tiling, tap_aligned = _tiling(p, cfg, "wgrad")
+    assert (tap_aligned, tiling.block_diagonal, tiling.full_groups) == (aligned, diag, full)
+    with poison_outputs():
+        gw = conv3d_wgrad.conv3d_wgrad(dy, x, w, p, config=cfg)
+    assert gw.is_contiguous(memory_format=memory_format_of(w))
+    assert_close(gw, _aten_grads(x, w, dy, p)[1], torch.float32, "grad weight")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_kernels_accumulate_in_fp32(dtype):
+    """K = 27*16 products of half-precision values: fp32 accumulation keeps the error at output rounding."""
+    autotune, conv3d_fwd, conv3d_dgrad, conv3d_wgrad, _ = _kernels()
+    x, w, dy, p = _problem("dense", dtype=dtype, seed=3)
+    out = conv3d_fwd.conv3d_fwd(x, w, p).out
+    ref = torch.nn.functional.conv3d(x.double(), w.double(), None, p.stride, p.padding, p.dilation, p.groups)
+    assert out.dtype == dtype
+    assert_close(out, ref, dtype, "forward")
+    gx_ref, gw_ref = _aten_grads(x, w, dy, p)
+    assert_close(conv3d_dgrad.conv3d_dgrad(dy, w, p, torch.contiguous_format), gx_ref, dtype, "dgrad")
+    assert_close(conv3d_wgrad.conv3d_wgrad(dy, x, w, p, config=autotune.KernelConfig(32, 32, 32, split_k=2)),
+                 gw_ref, dtype, "wgrad")
+
+
+def test_launchers_reject_mismatched_arguments():
+    _, conv3d_fwd, conv3d_dgrad, conv3d_wgrad, _ = _kernels()
+    x, w, dy, p = _problem("dense")
+    with pytest.raises(TypeError, match="fp16/bf16/fp32"):
+        conv3d_fwd.conv3d_fwd(x.double(), w.double(), p)
+    with pytest.raises(ValueError, match="do not match"):
+        conv3d_fwd.conv3d_fwd(x[:, :16], w, p)
+    with pytest.raises(ValueError, match="residual shape"):
+        conv3d_fwd.conv3d_fwd(x, w, p, residual=dy[:1])
+    with pytest.raises(ValueError, match="do not match"):
+        conv3d_dgrad.conv3d_dgrad(dy[:1], w, p, torch.contiguous_format)
+    with pytest.raises(TypeError, match="matching"):
+        conv3d_wgrad.conv3d_wgrad(dy.half(), x, w, p)
+
+
+def test_group_tiling_covers_every_channel_once():
+    _, _, _, _, grouped = _kernels()
+    resnext = grouped.group_tiling(32, 4, 4, 16)
+    assert (resnext.groups_per_tile, resnext.tiles_per_group, resnext.num_tiles) == (4, 1, 8)
+    assert resnext.block_diagonal and resnext.full_groups and resnext.red_per_tile == 16
+    wide = grouped.group_tiling(2, 80, 8, 64)
+    assert (wide.groups_per_tile, wide.tiles_per_group, wide.num_tiles) == (1, 2, 4)
+    odd = grouped.group_tiling(3, 3, 2, 16)
+    assert (odd.groups_per_tile, odd.num_tiles, odd.full_groups) == (3, 1, True)
+    partial = grouped.group_tiling(3, 8, 16, 16)
+    assert (partial.groups_per_tile, partial.num_tiles, partial.full_groups) == (2, 2, False)
+
+
+def test_default_configs_are_power_of_two_tiles_with_four_warps():
+    autotune, _, _, _, _ = _kernels()
+    for name in PROBLEMS:
+        _, _, _, p = _problem(name)
+        for cfg in (autotune.fwd_candidates(p, torch.device(DEVICE)) + autotune.dgrad_candidates(p, torch.device(DEVICE))
+                    + autotune.wgrad_candidates(p, torch.device(DEVICE))):
+            for b in (cfg.block_m, cfg.block_n, cfg.block_k):
+                assert b >= 16 and b & (b - 1) == 0, cfg
+            assert cfg.num_warps == 4, cfg

@@ -1,0 +1,154 @@
+"""The ``triton`` backend of every op equals the reference (interpreter on CPU, compiled on a GPU).
+
+Forward values, memory formats, running statistics and all gradients, on fresh random data with outputs
+poisoned (NaN) before the kernels run, over every problem class of cases.SMALL, fp32/fp16/bf16 (bf16
+through the interpreter's fp32-upcast dot), NCDHW / channels_last_3d / non-dense inputs.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.ops.helpers import ConvProblem, assert_close, leaf
+from video3d_fast import ops
+from video3d_fast.ops import reference
+
+from .cases import SMALL, check_affine_act, check_batchnorm_act, check_conv3d, variant
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _triton_runs_here():
+    status = ops.available_backends()["triton"]
+    if not status.available:
+        pytest.skip(f"triton backend unavailable: {status.reason}")
+    why = ops.backends._device_reason("triton", torch.device(DEVICE))
+    if why is not None:
+        pytest.skip(why)
+
+
+@pytest.fixture(autouse=True)
+def _strict_fp32():
+    """fp32 tests compare against fp32 references: no TF32 on either side (TF32 has its own GPU test)."""
+    old = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32 = old
+
+
+@pytest.mark.parametrize("name", list(SMALL))
+def test_conv3d_matches_reference_values_and_grads(name):
+    check_conv3d(SMALL[name], seed=1, device=DEVICE)
+
+
+@pytest.mark.parametrize("name", ["dense3x3x3", "stem_c3", "resnext_g8", "odd_groups"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_conv3d_half_precision_matches_reference(name, dtype):
+    check_conv3d(variant(SMALL[name], dtype=dtype), seed=2, device=DEVICE)
+
+
+@pytest.mark.parametrize("layout", ["ndhwc", "strided"])
+@pytest.mark.parametrize("name", ["dense3x3x3", "stride2_dilated", "depthwise"])
+def test_conv3d_any_input_layout_gives_reference_values_in_input_format(name, layout):
+    check_conv3d(variant(SMALL[name], layout=layout), seed=3, device=DEVICE, bias=False)
+
+
+@pytest.mark.parametrize("relu", [True, False], ids=["relu", "linear"])
+@pytest.mark.parametrize("residual", [False, True], ids=["nores", "res"])
+@pytest.mark.parametrize("name", ["dense3x3x3", "stem_c3", "downsample1x1", "resnext_g8"])
+def test_affine_act_matches_reference(name, residual, relu):
+    check_affine_act(variant(SMALL[name], residual=residual), relu, seed=4, device=DEVICE)
+
+
+@pytest.mark.parametrize("name", ["stride2_dilated", "depthwise", "odd_groups", "wide_groups"])
+def test_affine_act_other_problem_classes_match_reference(name):
+    check_affine_act(variant(SMALL[name], residual=True), True, seed=5, device=DEVICE)
+
+
+@pytest.mark.parametrize(
+    "dtype,layout", [(torch.float16, "ndhwc"), (torch.bfloat16, "ndhwc"), (torch.bfloat16, "strided")]
+)
+def test_affine_act_half_precision_and_layouts_match_reference(dtype, layout):
+    p = variant(SMALL["resnext_g8"], dtype=dtype, layout=layout, residual=True)
+    check_affine_act(p, True, seed=6, device=DEVICE)
+
+
+def test_affine_act_frozen_scale_saves_no_conv_output_and_matches_reference():
+    check_affine_act(variant(SMALL["dense3x3x3"], residual=True), True, seed=7, device=DEVICE, train_scale=False)
+
+
+@pytest.mark.parametrize("relu", [True, False], ids=["relu", "linear"])
+@pytest.mark.parametrize("residual", [False, True], ids=["nores", "res"])
+@pytest.mark.parametrize("name", ["dense3x3x3", "stem_c3", "resnext_g8"])
+def test_batchnorm_act_matches_reference_incl_running_stats(name, residual, relu):
+    check_batchnorm_act(variant(SMALL[name], residual=residual), relu, seed=8, device=DEVICE)
+
+
+@pytest.mark.parametrize("name", ["stride2_dilated", "downsample1x1", "depthwise", "odd_groups", "wide_groups"])
+def test_batchnorm_act_other_problem_classes_match_reference(name):
+    check_batchnorm_act(variant(SMALL[name], residual=True), True, seed=9, device=DEVICE)
+
+
+@pytest.mark.parametrize(
+    "dtype,layout", [(torch.float16, "ncdhw"), (torch.bfloat16, "ndhwc"), (torch.float32, "strided")]
+)
+def test_batchnorm_act_dtypes_and_layouts_match_reference(dtype, layout):
+    p = variant(SMALL["resnext_g8"], dtype=dtype, layout=layout, residual=True)
+    check_batchnorm_act(p, True, seed=10, device=DEVICE)
+
+
+def test_batchnorm_act_cumulative_momentum_matches_reference():
+    check_batchnorm_act(SMALL["odd_groups"], True, seed=11, device=DEVICE, momentum=None, backward=False)
+
+
+def test_batchnorm_statistics_survive_a_large_mean_offset():
+    """Per-tile (sum, M2) combination keeps the variance to ~1e-4 where E[x^2] - E[x]^2 in fp32 would
+    lose it entirely (values 1e4 +- 1: fp32 E[x^2] has an ulp of ~8)."""
+    n, c, size = 2, 16, (2, 8, 9)  # 288 rows per channel: several row tiles
+    x = (torch.randn(n, c, *size, generator=torch.Generator().manual_seed(12)) + 1e4).to(DEVICE)
+    w = torch.eye(c, device=DEVICE).view(c, c, 1, 1, 1)  # identity conv: its output is x, exactly
+    running_mean, running_var = torch.zeros(c, device=DEVICE), torch.ones(c, device=DEVICE)
+    ops.conv3d_batchnorm_act(x, w, None, None, running_mean, running_var, momentum=1.0, backend="triton")
+    x64 = x.double()
+    assert_close(running_mean, x64.mean(dim=(0, 2, 3, 4)), torch.float32, "mean")
+    assert_close(running_var, x64.var(dim=(0, 2, 3, 4)), torch.float32, "unbiased var", 50.0)
+
+
+def test_batchnorm_act_is_deterministic():
+    p = variant(SMALL["resnext_g8"], residual=True)
+    x, w, gamma, beta, res = p.make(torch.Generator().manual_seed(13), device=DEVICE)
+    outs = []
+    for _ in range(2):
+        xs, ws, gs = leaf(x), leaf(w), leaf(gamma)
+        y = ops.conv3d_batchnorm_act(xs, ws, gs, beta, None, None, residual=res, backend="triton",
+                                     **p.conv_kwargs)
+        y.backward(torch.ones_like(y))
+        outs.append((y.detach(), xs.grad, ws.grad, gs.grad))
+    for a, b in zip(*outs):
+        assert torch.equal(a, b)
+
+
+def test_triton_grads_match_gradchecked_float64_reference():
+    """The float64 reference passes gradcheck; fp32 Triton gradients agree with its gradients."""
+    p = ConvProblem(n=1, c=4, k=6, size=(2, 3, 3), stride=(1, 2, 1), groups=2, residual=True, dtype=torch.float64)
+    x, w, gamma, beta, res = p.make(torch.Generator().manual_seed(14))
+    inputs = [leaf(t) for t in (x, w, gamma, beta, res)]
+
+    def ref(*args):
+        return reference.conv3d_batchnorm_act(args[0], args[1], args[2], args[3], None, None, residual=args[4],
+                                              **p.conv_kwargs)
+
+    assert torch.autograd.gradcheck(ref, inputs)
+    ref(*inputs).backward(torch.ones(p.n, p.k, *p.out_size(), dtype=torch.float64))
+    ours = [leaf(t.float().to(DEVICE)) for t in (x, w, gamma, beta, res)]
+    y = ops.conv3d_batchnorm_act(ours[0], ours[1], ours[2], ours[3], None, None, residual=ours[4],
+                                 backend="triton", **p.conv_kwargs)
+    y.backward(torch.ones_like(y))
+    for name, a, b in zip(("input", "weight", "bn_weight", "bn_bias", "residual"), ours, inputs):
+        assert_close(a.grad.cpu(), b.grad, torch.float32, f"grad {name}", 50.0)
+
+
+def test_float64_runs_the_aten_composite_and_matches_reference():
+    p = variant(SMALL["resnext_g8"], dtype=torch.float64, residual=True)
+    check_affine_act(p, True, seed=15, device=DEVICE)
