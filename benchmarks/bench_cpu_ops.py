@@ -22,7 +22,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import environment, results_dir, write_results  # noqa: E402
 from video3d_fast import ops  # noqa: E402
-from video3d_fast.models import unique_conv_shapes  # noqa: E402
+from video3d_fast.models import conv_layer_shapes, unique_conv_shapes  # noqa: E402
 
 MODELS = (("resnet", 18, {}), ("resnext", 101, {}))
 
@@ -32,10 +32,11 @@ def cases(batches=(2, 4, 8), kernel=(3, 3, 3)) -> List[dict]:
     out = []
     for model, depth, kw in MODELS:
         for batch in batches:
-            for s in unique_conv_shapes(model=model, model_depth=depth, sample_duration=16, sample_size=112,
-                                        batch=batch, **kw):
+            layers = conv_layer_shapes(model=model, model_depth=depth, sample_duration=16, sample_size=112,
+                                       batch=batch, **kw)
+            for s in unique_conv_shapes(layers):
                 if tuple(s["kernel"]) == tuple(kernel):
-                    out.append({**s, "model": f"{model}-{depth}"})
+                    out.append({**s, "model": f"{model}-{depth}", "name": s["names"][0]})
     return out
 
 
@@ -46,7 +47,8 @@ def make_pair(case: dict, layout: str = "ndhwc") -> Tuple[Callable[[], torch.Ten
     fmt = torch.channels_last_3d if layout == "ndhwc" else torch.contiguous_format
     x = torch.randn(n, c, *case["in_size"], generator=gen).contiguous(memory_format=fmt)
     fan_in = (c // g) * 27
-    w = (torch.randn(k, c // g, *case["kernel"], generator=gen) / fan_in**0.5).contiguous(memory_format=fmt)
+    # Weights as nn.Conv3d holds them (contiguous): oneDNN reorders channels_last weights on every call.
+    w = torch.randn(k, c // g, *case["kernel"], generator=gen) / fan_in**0.5
     follow = case.get("followed_by", "bn_relu")
     res = torch.randn(n, k, *case["out_size"], generator=gen).contiguous(memory_format=fmt) if "add" in follow else None
     relu = follow.endswith("relu")

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import environment, results_dir, time_cuda, write_results  # noqa: E402
 from video3d_fast import ops  # noqa: E402
-from video3d_fast.models import unique_conv_shapes  # noqa: E402
+from video3d_fast.models import conv_layer_shapes, unique_conv_shapes  # noqa: E402
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -108,8 +108,9 @@ def main(argv=None) -> int:
         return 2
     torch.backends.cudnn.benchmark = True
     dtype = torch.bfloat16
-    shapes = unique_conv_shapes(model=args.model, model_depth=args.depth, sample_duration=16, sample_size=112,
-                                batch=args.batch)
+    shapes = unique_conv_shapes(conv_layer_shapes(model=args.model, model_depth=args.depth, sample_duration=16,
+                                                  sample_size=112, batch=args.batch))
+    shapes = [{**s, "name": s["names"][0]} for s in shapes]
     if args.quick:
         shapes = shapes[:6]
     rows = []
