@@ -179,11 +179,11 @@ def test_launchers_reject_mismatched_arguments():
     with pytest.raises(TypeError, match="fp16/bf16/fp32"):
         conv3d_fwd.conv3d_fwd(x.double(), w.double(), p)
     with pytest.raises(ValueError, match="do not match"):
-        conv3d_fwd.conv3d_fwd(x[:, :16], w, p)
+        conv3d_fwd.conv3d_fwd(x[:, :8], w, p)
     with pytest.raises(ValueError, match="residual shape"):
-        conv3d_fwd.conv3d_fwd(x, w, p, residual=dy[:1])
+        conv3d_fwd.conv3d_fwd(x, w, p, residual=dy[:, :1])
     with pytest.raises(ValueError, match="do not match"):
-        conv3d_dgrad.conv3d_dgrad(dy[:1], w, p, torch.contiguous_format)
+        conv3d_dgrad.conv3d_dgrad(dy[:, :1], w, p, torch.contiguous_format)
     with pytest.raises(TypeError, match="matching"):
         conv3d_wgrad.conv3d_wgrad(dy.half(), x, w, p)
 
@@ -204,9 +204,10 @@ def test_group_tiling_covers_every_channel_once():
 def test_default_configs_are_power_of_two_tiles_with_four_warps():
     autotune, _, _, _, _ = _kernels()
     for name in PROBLEMS:
-        _, _, _, p = _problem(name)
-        for cfg in (autotune.fwd_candidates(p, torch.device(DEVICE)) + autotune.dgrad_candidates(p, torch.device(DEVICE))
-                    + autotune.wgrad_candidates(p, torch.device(DEVICE))):
+        x, _, _, p = _problem(name)
+        dev = torch.device(DEVICE)
+        for cfg in (autotune.fwd_candidates(p, x.dtype, dev) + autotune.dgrad_candidates(p, x.dtype, dev)
+                    + autotune.wgrad_candidates(p, x.dtype, dev)):
             for b in (cfg.block_m, cfg.block_n, cfg.block_k):
                 assert b >= 16 and b & (b - 1) == 0, cfg
             assert cfg.num_warps == 4, cfg

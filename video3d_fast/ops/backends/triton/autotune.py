@@ -17,6 +17,7 @@ import torch
 
 from ...params import Conv3dParams
 from .common import INTERPRETED, cdiv, next_pow2
+from .grouped import group_tiling
 
 
 @dataclass(frozen=True)
@@ -66,43 +67,66 @@ def _groups_per_tile(out_per_group: int, block: int) -> int:
     return max(1, block // out_per_group) if out_per_group < block else 1
 
 
+def _half_k_for_fp32(bk: int, dtype: torch.dtype) -> int:
+    """fp32 tiles take twice the shared memory and registers per element: halve BLOCK_K."""
+    return max(16, bk // 2) if dtype == torch.float32 else bk
+
+
 def _gemm_tile_candidates(rows: int, out_per_group: int, red_per_group: int, groups: int, total_out: int,
-                          device: torch.device) -> List[KernelConfig]:
+                          dtype: torch.dtype, device: torch.device) -> List[KernelConfig]:
     """Candidates of fprop/dgrad (rows = output positions, columns = output channels), best guess first.
 
-    The interpreter's cost is per executed op, not per element, so it gets the largest tiles."""
-    if INTERPRETED:  # fewest executed ops: big tiles, 64-wide K steps (flattened when a tap is narrower)
+    Tile sizes follow what compiles without register spills on sm_90 (tests/triton/compile_check.py):
+    128x128 with 32-wide K steps, 64x128 / 64x64 with 64-wide ones, 64x64x16 for the flattened loop
+    (C=3 stem), whose per-element gather cannot be pipelined. The largest tile whose grid still fills
+    the device (2 CTAs per SM) wins. The interpreter's cost is per executed op, not per element, so
+    it gets big tiles and 64-wide flattened K steps."""
+    if INTERPRETED:
         return [KernelConfig(128, _out_block(out_per_group, groups, total_out, 64), 64)]
     bn = _out_block(out_per_group, groups, total_out, 128)
-    red_per_tile = _groups_per_tile(out_per_group, bn) * red_per_group
-    bk = _block_k_for(red_per_tile, 64, 32)
-    aligned = red_per_tile % bk == 0
-    bm = 128 if cdiv(rows, 128) * cdiv(total_out, bn) >= _sm_count(device) else 64
-    first = KernelConfig(bm, bn, bk, 4, 3 if aligned else 2)
-    others = [KernelConfig(64, bn, bk, 4, 3), KernelConfig(128, max(16, bn // 2), bk, 4, 3)]
+    red_per_tile = group_tiling(groups, out_per_group, red_per_group, bn).red_per_tile
+    if red_per_tile % 16:  # flattened taps (stem, odd group widths)
+        first = KernelConfig(64, min(bn, 64), 16, 4, 3)
+        return [first, KernelConfig(128, min(bn, 64), 16, 4, 2)]
+    shapes = [(128, bn), (64, bn)]
+    if groups == 1 and bn >= 64:
+        shapes.append((64, bn // 2))
+    target = 2 * _sm_count(device)
+    for bm, bn_ in shapes:
+        tiles = cdiv(rows, bm) * group_tiling(groups, out_per_group, red_per_group, bn_).num_tiles
+        if tiles >= target:
+            break
+    red_per_tile = group_tiling(groups, out_per_group, red_per_group, bn_).red_per_tile
+    cap = 32 if bm * bn_ >= 128 * 128 else 64
+    first = KernelConfig(bm, bn_, _half_k_for_fp32(_block_k_for(red_per_tile, cap, 32), dtype), 4, 3)
+    others = [KernelConfig(64, bn, _half_k_for_fp32(_block_k_for(red_per_tile, 64, 32), dtype), 4, 3),
+              KernelConfig(128, bn, _half_k_for_fp32(_block_k_for(red_per_tile, 32, 32), dtype), 4, 3)]
     return [first] + [c for c in others if c != first]
 
 
-def fwd_candidates(p: Conv3dParams, device: torch.device) -> List[KernelConfig]:
+def fwd_candidates(p: Conv3dParams, dtype: torch.dtype, device: torch.device) -> List[KernelConfig]:
     return _gemm_tile_candidates(p.gemm_m, p.out_channels_per_group, p.in_channels_per_group, p.groups,
-                                 p.out_channels, device)
+                                 p.out_channels, dtype, device)
 
 
-def dgrad_candidates(p: Conv3dParams, device: torch.device) -> List[KernelConfig]:
+def dgrad_candidates(p: Conv3dParams, dtype: torch.dtype, device: torch.device) -> List[KernelConfig]:
     rows = p.batch * p.in_size[0] * p.in_size[1] * p.in_size[2]
     return _gemm_tile_candidates(rows, p.in_channels_per_group, p.out_channels_per_group, p.groups,
-                                 p.in_channels, device)
+                                 p.in_channels, dtype, device)
 
 
-def wgrad_candidates(p: Conv3dParams, device: torch.device) -> List[KernelConfig]:
-    """wgrad GEMM: rows = output channels, columns = T*R*S*CT (tap, channel), reduction = positions."""
+def wgrad_candidates(p: Conv3dParams, dtype: torch.dtype, device: torch.device) -> List[KernelConfig]:
+    """wgrad GEMM: rows = output channels, columns = T*R*S*CT (tap, channel), reduction = positions
+    (split-K, see wgrad_split). A column block stays inside one tap when CT allows it."""
     kg, cg = p.out_channels_per_group, p.in_channels_per_group
     if INTERPRETED:
         return [KernelConfig(_out_block(kg, p.groups, p.out_channels, 64), 64, 128)]
     bm = _out_block(kg, p.groups, p.out_channels, 128)
-    red_per_tile = _groups_per_tile(kg, bm) * cg
-    bn = _block_k_for(red_per_tile, 64, 32)  # keep a column block inside one tap when possible
-    return [KernelConfig(bm, bn, 64, 4, 3), KernelConfig(bm, bn, 32, 4, 3)]
+    ct = group_tiling(p.groups, kg, cg, bm).red_per_tile
+    bn = 128 if ct % 128 == 0 and bm <= 64 else _block_k_for(ct, 64, 32)
+    bk = 64 if bm * bn <= 64 * 64 else 32
+    return [KernelConfig(bm, bn, _half_k_for_fp32(bk, dtype), 4, 3),
+            KernelConfig(bm, bn, _half_k_for_fp32(64 if bk == 32 else 32, dtype), 4, 3)]
 
 
 def pick(op: str, p: Conv3dParams, dtype: torch.dtype, device: torch.device,

@@ -1,6 +1,9 @@
 """Pieces every Triton kernel family of this backend shares: interpreter detection, dtype/precision
 choices, NDHWC stride helpers (host side) and the implicit-im2col gather and MMA step (device side).
 
+Vectorisation hints (tl.multiple_of / tl.max_contiguous) are written in the kernel bodies: set inside a
+helper they land on the helper's block argument and are lost when Triton inlines the call.
+
 Layout convention of all kernels: activations are addressed through five strides given in
 (N, D, H, W, C) order, so any memory layout works; the launchers hand the kernels channels_last_3d
 (NDHWC-dense) activations because then C is the unit-stride axis the gathers run along.
@@ -30,9 +33,18 @@ def next_pow2(v: int) -> int:
     return 1 << max(0, int(v) - 1).bit_length()
 
 
+def kernel_strides(t: torch.Tensor) -> Tuple[int, ...]:
+    """``t.stride()`` with 0 for size-1 dimensions.
+
+    Their index is always 0, so the stride is irrelevant to the addresses; torch reports 1 for them
+    (e.g. every filter-tap stride of a 1x1x1 weight), which Triton would specialise as a constant 1
+    and thereby lose the divisibility-by-16 that vectorises the loads."""
+    return tuple(0 if size == 1 else stride for size, stride in zip(t.shape, t.stride()))
+
+
 def ndhwc_strides(t: torch.Tensor) -> Tuple[int, int, int, int, int]:
-    """Element strides of a 5-D (N, C, D, H, W) tensor listed in (N, D, H, W, C) order."""
-    s = t.stride()
+    """Element strides (see kernel_strides) of a 5-D (N, C, D, H, W) tensor in (N, D, H, W, C) order."""
+    s = kernel_strides(t)
     return s[0], s[2], s[3], s[4], s[1]
 
 
@@ -91,13 +103,6 @@ def gather_ndhwc(ptr, n_off, d, h, w, ch, mask, D, H, W, s_d, s_h, s_w, s_c):
     inside = mask & (d >= 0) & (d < D) & (h >= 0) & (h < H) & (w >= 0) & (w < W)
     offs = n_off + d * s_d + h * s_h + w * s_w + ch * s_c
     return tl.load(ptr + offs, mask=inside, other=0.0)
-
-
-@triton.jit
-def aligned_run(v, BLOCK: tl.constexpr):
-    """Hint that ``v`` (start + arange(BLOCK)) is contiguous and starts at a multiple of BLOCK, so
-    that channel-axis loads vectorise. Callers guarantee it (tap-aligned loops, see the kernels)."""
-    return tl.max_contiguous(tl.multiple_of(v, BLOCK), BLOCK)
 
 
 @triton.jit

@@ -21,8 +21,8 @@ from .common import (
     cdiv,
     channels_last,
     dot_flags,
-    aligned_run,
     gather_ndhwc,
+    kernel_strides,
     mma,
     ndhwc_strides,
     split_rows,
@@ -72,7 +72,7 @@ def conv3d_dgrad_kernel(
     w_sk, w_sc, w_st, w_sr, w_ss,
     x_sn, x_sd, x_sh, x_sw, x_sc,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    TAP_ALIGNED: tl.constexpr, BLOCK_DIAG: tl.constexpr, FULL_GROUPS: tl.constexpr,
+    TAP_ALIGNED: tl.constexpr, BLOCK_DIAG: tl.constexpr, FULL_GROUPS: tl.constexpr, EVEN_OUT: tl.constexpr,
     IS_FP32: tl.constexpr, TF32: tl.constexpr, UPCAST: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
@@ -98,6 +98,12 @@ def conv3d_dgrad_kernel(
 
     g0, out_ch, col_group, col_mask = tile_channels(pid_n, groups, out_per_group, GB, NB, BLOCK_N)
     col_in_group = out_ch - col_group * out_per_group
+    if EVEN_OUT:  # every column is real and they run contiguously from a multiple of BLOCK_N
+        out_ch = g0 * out_per_group + (pid_n % NB) * BLOCK_N + tl.arange(0, BLOCK_N)
+        out_ch = tl.max_contiguous(tl.multiple_of(out_ch, BLOCK_N), BLOCK_N)
+        if not BLOCK_DIAG:
+            col_in_group = (pid_n % NB) * BLOCK_N + tl.arange(0, BLOCK_N)
+            col_in_group = tl.max_contiguous(tl.multiple_of(col_in_group, BLOCK_N), BLOCK_N)
     KT = GB * red_per_group
     k_total = nt * nr * ns * KT
     kr = tl.arange(0, BLOCK_K)
@@ -122,7 +128,8 @@ def conv3d_dgrad_kernel(
         red_ch, red_in_group, red_group, red_valid = red_channels(g0, kl, red_per_group, groups, BLOCK_DIAG)
         red_valid = red_valid & red_valid_k
         if TAP_ALIGNED:
-            red_ch = aligned_run(red_ch, BLOCK_K)  # as in conv3d_fwd: steps start at multiples of BLOCK_K
+            red_ch = g0 * red_per_group + (k0 - tap * KT) + kr  # as in conv3d_fwd: starts at a multiple of BLOCK_K
+            red_ch = tl.max_contiguous(tl.multiple_of(red_ch, BLOCK_K), BLOCK_K)
             if FULL_GROUPS:
                 a_mask = row_mask[:, None]
             else:
@@ -142,7 +149,10 @@ def conv3d_dgrad_kernel(
                 Do, Ho, Wo, y_sd, y_sh, y_sw, y_sc,
             )
         w_tap = t * w_st + r * w_sr + s * w_ss
-        b_mask = red_valid[:, None] & col_mask[None, :]
+        if EVEN_OUT:  # a row-only mask keeps the weight loads (contiguous along C) vectorised
+            b_mask = red_valid[:, None]
+        else:
+            b_mask = red_valid[:, None] & col_mask[None, :]
         if BLOCK_DIAG:
             b_mask = b_mask & (red_group[:, None] == col_group[None, :])
         b_ptrs = w_ptr + (red_ch * w_sk + w_tap)[:, None] + (col_in_group * w_sc)[None, :]
@@ -153,8 +163,11 @@ def conv3d_dgrad_kernel(
     hi = p_h + j * str_h
     wi = p_w + l * str_w
     x_row = n.to(tl.int64) * x_sn + di * x_sd + hi * x_sh + wi * x_sw
-    tl.store(dx_ptr + x_row[:, None] + (out_ch * x_sc)[None, :], acc.to(dx_ptr.dtype.element_ty),
-             mask=row_mask[:, None] & col_mask[None, :])
+    if EVEN_OUT:
+        mask = row_mask[:, None]
+    else:
+        mask = row_mask[:, None] & col_mask[None, :]
+    tl.store(dx_ptr + x_row[:, None] + (out_ch * x_sc)[None, :], acc.to(dx_ptr.dtype.element_ty), mask=mask)
 
 
 def conv3d_dgrad(dy: torch.Tensor, w: torch.Tensor, p: Conv3dParams, input_format: torch.memory_format,
@@ -168,7 +181,7 @@ def conv3d_dgrad(dy: torch.Tensor, w: torch.Tensor, p: Conv3dParams, input_forma
     if dy.dtype != w.dtype or dy.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         raise TypeError(f"triton dgrad needs matching fp16/bf16/fp32 tensors, got {dy.dtype}/{w.dtype}")
     dyc, wc = channels_last(dy), channels_last(w)
-    cfg = config or pick("dgrad", p, dy.dtype, dy.device, dgrad_candidates(p, dy.device),
+    cfg = config or pick("dgrad", p, dy.dtype, dy.device, dgrad_candidates(p, dy.dtype, dy.device),
                          lambda c: conv3d_dgrad(dy, w, p, input_format, config=c))
     tiling = group_tiling(p.groups, p.in_channels_per_group, p.out_channels_per_group, cfg.block_n)
     dx = new_output((p.batch, p.in_channels, *p.in_size), dtype=dy.dtype, device=dy.device,
@@ -181,10 +194,10 @@ def conv3d_dgrad(dy: torch.Tensor, w: torch.Tensor, p: Conv3dParams, input_forma
         *p.in_size, *p.out_size, p.batch,
         *p.kernel, *p.stride, *p.padding, *p.dilation, *steps,
         *tiling.kernel_args(),
-        *ndhwc_strides(dyc), *wc.stride(), *ndhwc_strides(dx),
+        *ndhwc_strides(dyc), *kernel_strides(wc), *ndhwc_strides(dx),
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
         TAP_ALIGNED=tiling.red_per_tile % cfg.block_k == 0, BLOCK_DIAG=tiling.block_diagonal,
-        FULL_GROUPS=tiling.full_groups,
+        FULL_GROUPS=tiling.full_groups, EVEN_OUT=tiling.even_out,
         **dot_flags(dy.dtype), num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return dx

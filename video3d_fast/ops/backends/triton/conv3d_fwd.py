@@ -24,8 +24,8 @@ from .common import (
     cdiv,
     channels_last,
     dot_flags,
-    aligned_run,
     gather_ndhwc,
+    kernel_strides,
     mma,
     ndhwc_strides,
     split_rows,
@@ -60,7 +60,7 @@ def conv3d_fwd_kernel(
     o_sn, o_sd, o_sh, o_sw, o_sc,
     r_sn, r_sd, r_sh, r_sw, r_sc,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    TAP_ALIGNED: tl.constexpr, BLOCK_DIAG: tl.constexpr, FULL_GROUPS: tl.constexpr,
+    TAP_ALIGNED: tl.constexpr, BLOCK_DIAG: tl.constexpr, FULL_GROUPS: tl.constexpr, EVEN_OUT: tl.constexpr,
     HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_RES: tl.constexpr, RELU: tl.constexpr,
     STORE_OUT: tl.constexpr, STORE_CONV: tl.constexpr, STATS: tl.constexpr,
     IS_FP32: tl.constexpr, TF32: tl.constexpr, UPCAST: tl.constexpr,
@@ -77,20 +77,24 @@ def conv3d_fwd_kernel(
     n_off = n.to(tl.int64) * x_sn
 
     g0, out_ch, col_group, col_mask = tile_channels(pid_n, groups, out_per_group, GB, NB, BLOCK_N)
+    if EVEN_OUT:  # every column is real and they run contiguously from a multiple of BLOCK_N
+        out_ch = g0 * out_per_group + (pid_n % NB) * BLOCK_N + tl.arange(0, BLOCK_N)
+        out_ch = tl.max_contiguous(tl.multiple_of(out_ch, BLOCK_N), BLOCK_N)
     CT = GB * red_per_group
     k_total = T * R * S * CT
     kr = tl.arange(0, BLOCK_K)
 
+    # Masks are kept as narrow as the path allows (row-only / column-only): a mask that is constant
+    # along the contiguous axis lets the loads vectorise and the pipeliner turn them into async copies.
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, k_total, BLOCK_K):
         if TAP_ALIGNED:
             tap = k0 // CT
-            cl = (k0 - tap * CT) + kr
+            c0 = k0 - tap * CT  # a multiple of BLOCK_K, as is g0 * red_per_group
             t, r, s = split_taps(tap, R, S)
-            ch, in_group, red_group, red_valid = red_channels(g0, cl, red_per_group, groups, BLOCK_DIAG)
-            # the K step's channels start at a multiple of BLOCK_K (CT and g0*Cg are multiples of it)
-            ch = aligned_run(ch, BLOCK_K)
-            if FULL_GROUPS:  # every channel of the step is real: a row-only mask keeps loads vectorised
+            ch, in_group, red_group, red_valid = red_channels(g0, c0 + kr, red_per_group, groups, BLOCK_DIAG)
+            ch = tl.max_contiguous(tl.multiple_of(g0 * red_per_group + c0 + kr, BLOCK_K), BLOCK_K)
+            if FULL_GROUPS:
                 a_mask = row_mask[:, None]
             else:
                 a_mask = row_mask[:, None] & red_valid[None, :]
@@ -98,13 +102,17 @@ def conv3d_fwd_kernel(
                 x_ptr, n_off[:, None], (base_d + t * dil_d)[:, None], (base_h + r * dil_h)[:, None],
                 (base_w + s * dil_w)[:, None], ch[None, :], a_mask, D, H, W, x_sd, x_sh, x_sw, x_sc,
             )
-            w_tap = t * w_st + r * w_sr + s * w_ss
+            if BLOCK_DIAG:
+                w_red = in_group
+                b_mask = red_valid[:, None] & (red_group[:, None] == col_group[None, :]) & col_mask[None, :]
+            else:  # one group per tile: the step's weight channels are c0 .. c0 + BLOCK_K, all real
+                w_red = tl.max_contiguous(tl.multiple_of(c0 + kr, BLOCK_K), BLOCK_K)
+                b_mask = col_mask[None, :]
         else:
             kk = k0 + kr
             tap = kk // CT
-            cl = kk - tap * CT
             t, r, s = split_taps(tap, R, S)
-            ch, in_group, red_group, red_valid = red_channels(g0, cl, red_per_group, groups, BLOCK_DIAG)
+            ch, in_group, red_group, red_valid = red_channels(g0, kk - tap * CT, red_per_group, groups, BLOCK_DIAG)
             red_valid = red_valid & (kk < k_total)
             a = gather_ndhwc(
                 x_ptr, n_off[:, None], base_d[:, None] + (t * dil_d)[None, :],
@@ -112,16 +120,19 @@ def conv3d_fwd_kernel(
                 ch[None, :], row_mask[:, None] & red_valid[None, :],
                 D, H, W, x_sd, x_sh, x_sw, x_sc,
             )
-            w_tap = t * w_st + r * w_sr + s * w_ss
-        b_mask = red_valid[:, None] & col_mask[None, :]
-        if BLOCK_DIAG:
-            b_mask = b_mask & (red_group[:, None] == col_group[None, :])
-        b_ptrs = w_ptr + out_ch[None, :] * w_sk + (in_group * w_sc + w_tap)[:, None]
-        b = tl.load(b_ptrs, mask=b_mask, other=0.0)
+            w_red = in_group
+            b_mask = red_valid[:, None] & col_mask[None, :]
+            if BLOCK_DIAG:
+                b_mask = b_mask & (red_group[:, None] == col_group[None, :])
+        w_tap = t * w_st + r * w_sr + s * w_ss
+        b = tl.load(w_ptr + out_ch[None, :] * w_sk + (w_red * w_sc + w_tap)[:, None], mask=b_mask, other=0.0)
         acc = mma(a, b, acc, IS_FP32, TF32, UPCAST)
 
     # ---- epilogue ----
-    mask = row_mask[:, None] & col_mask[None, :]
+    if EVEN_OUT:
+        mask = row_mask[:, None]
+    else:
+        mask = row_mask[:, None] & col_mask[None, :]
     o_row = n.to(tl.int64) * o_sn + od * o_sd + oh * o_sh + ow * o_sw
     o_offs = o_row[:, None] + (out_ch * o_sc)[None, :]
     if STORE_CONV or STATS:
@@ -129,10 +140,11 @@ def conv3d_fwd_kernel(
         if STORE_CONV:
             tl.store(conv_ptr + o_offs, c, mask=mask)
         if STATS:
-            cf = tl.where(mask, c.to(tl.float32), 0.0)
+            valid = row_mask[:, None] & col_mask[None, :]
+            cf = tl.where(valid, c.to(tl.float32), 0.0)
             rows = tl.minimum(M - pid_m * BLOCK_M, BLOCK_M).to(tl.float32)
             tile_sum = tl.sum(cf, axis=0)
-            dev = tl.where(mask, cf - (tile_sum / rows)[None, :], 0.0)
+            dev = tl.where(valid, cf - (tile_sum / rows)[None, :], 0.0)
             tile_m2 = tl.sum(dev * dev, axis=0)
             tl.store(psum_ptr + pid_m * K + out_ch, tile_sum, mask=col_mask)
             tl.store(pm2_ptr + pid_m * K + out_ch, tile_m2, mask=col_mask)
@@ -193,9 +205,11 @@ def conv3d_fwd(
     fmt = memory_format_of(x)
     xc, wc = channels_last(x), channels_last(w)
     M, K = p.gemm_m, p.out_channels
-    cfg = config or pick("fwd", p, x.dtype, x.device, fwd_candidates(p, x.device), lambda c: conv3d_fwd(
-        x, w, p, scale=scale, shift=shift, residual=residual, relu=relu, store_out=store_out,
-        store_conv=store_conv, stats=stats, config=c))
+    cfg = config or pick(
+        "fwd", p, x.dtype, x.device, fwd_candidates(p, x.dtype, x.device),
+        lambda c: conv3d_fwd(x, w, p, scale=scale, shift=shift, residual=residual, relu=relu,
+                             store_out=store_out, store_conv=store_conv, stats=stats, config=c),
+    )
     tiling = group_tiling(p.groups, p.out_channels_per_group, p.in_channels_per_group, cfg.block_n)
     tap_aligned = tiling.red_per_tile % cfg.block_k == 0
     grid = (cdiv(M, cfg.block_m), tiling.num_tiles)
@@ -218,18 +232,14 @@ def conv3d_fwd(
         M, *p.in_size, *p.out_size, p.in_channels, K,
         *p.kernel, *p.stride, *p.padding, *p.dilation,
         *tiling.kernel_args(),
-        *ndhwc_strides(xc), *_weight_strides(wc),
+        *ndhwc_strides(xc), *kernel_strides(wc),
         *ndhwc_strides(ref_out if ref_out is not None else x), *ndhwc_strides(res if res is not None else x),
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
         TAP_ALIGNED=tap_aligned, BLOCK_DIAG=tiling.block_diagonal, FULL_GROUPS=tiling.full_groups,
+        EVEN_OUT=tiling.even_out,
         HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None, HAS_RES=residual is not None, RELU=relu,
         STORE_OUT=store_out, STORE_CONV=store_conv, STATS=stats,
         **dot_flags(x.dtype),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return FwdResult(out, conv, tile_sum, tile_m2, cfg.block_m)
-
-
-def _weight_strides(w: torch.Tensor):
-    """(K, C/g, T, R, S) strides in (k, c, t, r, s) order."""
-    return tuple(w.stride())

@@ -22,8 +22,8 @@ from .common import (
     cdiv,
     channels_last,
     dot_flags,
-    aligned_run,
     gather_ndhwc,
+    kernel_strides,
     mma,
     ndhwc_strides,
     split_rows,
@@ -58,7 +58,7 @@ def conv3d_wgrad_kernel(
     x_sn, x_sd, x_sh, x_sw, x_sc,
     d_split, d_sk, d_sc, d_st, d_sr, d_ss,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    TAP_ALIGNED: tl.constexpr, BLOCK_DIAG: tl.constexpr, FULL_GROUPS: tl.constexpr,
+    TAP_ALIGNED: tl.constexpr, BLOCK_DIAG: tl.constexpr, FULL_GROUPS: tl.constexpr, EVEN_OUT: tl.constexpr,
     IS_FP32: tl.constexpr, TF32: tl.constexpr, UPCAST: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
@@ -66,6 +66,9 @@ def conv3d_wgrad_kernel(
     pid_k = tl.program_id(2)
 
     g0, oc, row_group, row_mask = tile_channels(pid_m, groups, out_per_group, GB, NB, BLOCK_M)
+    if EVEN_OUT:  # every row is a real output channel, contiguous from a multiple of BLOCK_M
+        oc = g0 * out_per_group + (pid_m % NB) * BLOCK_M + tl.arange(0, BLOCK_M)
+        oc = tl.max_contiguous(tl.multiple_of(oc, BLOCK_M), BLOCK_M)
     CT = GB * red_per_group
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     if TAP_ALIGNED:
@@ -77,7 +80,8 @@ def conv3d_wgrad_kernel(
     t, r, s = split_taps(tap, R, S)
     ch, c_in_group, red_group, col_mask = red_channels(g0, cl, red_per_group, groups, BLOCK_DIAG)
     if TAP_ALIGNED:  # the block's channels start at a multiple of BLOCK_N (CT and g0*Cg are multiples)
-        ch = aligned_run(ch, BLOCK_N)
+        ch = g0 * red_per_group + (pid_n * BLOCK_N - tap * CT) + tl.arange(0, BLOCK_N)
+        ch = tl.max_contiguous(tl.multiple_of(ch, BLOCK_N), BLOCK_N)
     col_mask = col_mask & (cols < T * R * S * CT)
 
     p_start = pid_k * positions_per_split
@@ -89,8 +93,11 @@ def conv3d_wgrad_kernel(
         pos_mask = pos < p_end
         n, od, oh, ow = split_rows(pos, Do, Ho, Wo)
         y_row = n.to(tl.int64) * y_sn + od * y_sd + oh * y_sh + ow * y_sw
-        a = tl.load(dy_ptr + y_row[None, :] + (oc * y_sc)[:, None],
-                    mask=row_mask[:, None] & pos_mask[None, :], other=0.0)
+        if EVEN_OUT:  # a mask constant along K (contiguous in dy) keeps the loads vectorised
+            a_mask = pos_mask[None, :]
+        else:
+            a_mask = row_mask[:, None] & pos_mask[None, :]
+        a = tl.load(dy_ptr + y_row[None, :] + (oc * y_sc)[:, None], mask=a_mask, other=0.0)
         if TAP_ALIGNED:
             if FULL_GROUPS:  # every column of the block is real: a row-only mask keeps loads vectorised
                 b_mask = pos_mask[:, None]
@@ -140,7 +147,7 @@ def conv3d_wgrad(dy: torch.Tensor, x: torch.Tensor, w: torch.Tensor, p: Conv3dPa
     if not (dy.dtype == x.dtype == w.dtype) or dy.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         raise TypeError(f"triton wgrad needs matching fp16/bf16/fp32 tensors, got {dy.dtype}/{x.dtype}/{w.dtype}")
     dyc, xc = channels_last(dy), channels_last(x)
-    cfg = config or pick("wgrad", p, dy.dtype, dy.device, wgrad_candidates(p, dy.device),
+    cfg = config or pick("wgrad", p, dy.dtype, dy.device, wgrad_candidates(p, dy.dtype, dy.device),
                          lambda c: conv3d_wgrad(dy, x, w, p, config=c))
     tiling = group_tiling(p.groups, p.out_channels_per_group, p.in_channels_per_group, cfg.block_m)
     taps = p.kernel[0] * p.kernel[1] * p.kernel[2]
@@ -163,10 +170,10 @@ def conv3d_wgrad(dy: torch.Tensor, x: torch.Tensor, w: torch.Tensor, p: Conv3dPa
         *p.kernel, *p.stride, *p.padding, *p.dilation,
         *tiling.kernel_args(),
         *ndhwc_strides(dyc), *ndhwc_strides(xc),
-        split_stride, *dst.stride(),
+        split_stride, *kernel_strides(dst),
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
         TAP_ALIGNED=tiling.red_per_tile % cfg.block_n == 0, BLOCK_DIAG=tiling.block_diagonal,
-        FULL_GROUPS=tiling.full_groups,
+        FULL_GROUPS=tiling.full_groups, EVEN_OUT=tiling.even_out,
         **dot_flags(dy.dtype), num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     if split > 1:

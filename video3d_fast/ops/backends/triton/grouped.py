@@ -46,6 +46,13 @@ class GroupTiling:
         return self.groups % self.groups_per_tile == 0
 
     @property
+    def even_out(self) -> bool:
+        """Every tile's block_n columns are real output channels, contiguous from a multiple of block_n."""
+        if self.groups_per_tile == 1:
+            return self.out_per_group % self.block_n == 0
+        return self.groups_per_tile * self.out_per_group == self.block_n and self.full_groups
+
+    @property
     def block_diagonal(self) -> bool:
         return self.groups_per_tile > 1
 

@@ -1,0 +1,77 @@
+"""The ``triton`` backend on the GPU at real layer sizes (3D ResNet-50 / ResNeXt-101 at 16x112x112, small
+batch): the same checks as the interpreter tests, compiled kernels, bf16 for real (the interpreter can
+only test bf16 through its fp32-upcast dot), fp16, fp32 with and without TF32.
+
+Kept to a few shapes per problem class: every distinct kernel specialisation costs a compile.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.ops.helpers import assert_close
+from video3d_fast import ops
+from video3d_fast.ops import reference
+
+from .cases import LARGE, check_affine_act, check_batchnorm_act, variant
+
+pytestmark = pytest.mark.gpu
+BF16 = torch.bfloat16
+
+
+@pytest.fixture(autouse=True)
+def _strict_fp32():
+    old = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32 = old
+
+
+@pytest.mark.parametrize("name", ["r50_stem", "r50_l1_conv3_res", "rx101_l1_grouped", "depthwise64"])
+def test_affine_act_bf16_matches_reference_at_layer_size(name):
+    p = variant(LARGE[name], dtype=BF16, layout="ndhwc")
+    check_affine_act(p, True, seed=1, device="cuda", backward=name != "r50_stem")
+
+
+@pytest.mark.parametrize(
+    "name", ["r50_stem", "r50_l1_conv2", "r50_l2_conv2_s2", "rx101_l1_grouped", "rx101_l2_grouped_s2",
+             "rx101_l4_grouped", "r50_l4_conv2"]
+)
+def test_batchnorm_act_bf16_matches_reference_at_layer_size(name):
+    p = variant(LARGE[name], dtype=BF16, layout="ndhwc", residual=name == "rx101_l1_grouped")
+    check_batchnorm_act(p, True, seed=2, device="cuda")
+
+
+def test_ncdhw_bf16_input_is_converted_and_returned_ncdhw():
+    check_affine_act(variant(LARGE["r50_l1_conv3_res"], dtype=BF16, layout="ncdhw"), True, seed=3, device="cuda")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_other_dtypes_match_reference_at_layer_size(dtype):
+    check_affine_act(variant(LARGE["rx101_l1_grouped"], dtype=dtype, layout="ndhwc"), True, seed=4, device="cuda")
+    check_batchnorm_act(variant(LARGE["r50_l1_conv2"], dtype=dtype, layout="ndhwc"), True, seed=5, device="cuda")
+
+
+def test_fp32_uses_tf32_only_when_torch_allows_it():
+    p = variant(LARGE["r50_l1_conv2"], layout="ndhwc")
+    x, w, scale, shift, _ = p.make(torch.Generator().manual_seed(6), device="cuda")
+    exact = reference.conv3d(x.double(), w.double(), None, **p.conv_kwargs)
+    strict = ops.conv3d(x, w, backend="triton", **p.conv_kwargs)
+    torch.backends.cudnn.allow_tf32 = True
+    tf32 = ops.conv3d(x, w, backend="triton", **p.conv_kwargs)
+    assert_close(strict, exact, torch.float32, "ieee fp32", 5.0)
+    assert_close(tf32, exact, torch.bfloat16, "tf32")  # tf32 keeps 10 mantissa bits
+    assert not torch.equal(strict, tf32)
+
+
+def test_training_form_is_deterministic_on_gpu():
+    p = variant(LARGE["rx101_l2_grouped_s2"], dtype=BF16, layout="ndhwc")
+    x, w, gamma, beta, _ = p.make(torch.Generator().manual_seed(7), device="cuda")
+    results = []
+    for _ in range(2):
+        xs, ws = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
+        y = ops.conv3d_batchnorm_act(xs, ws, gamma, beta, None, None, backend="triton", **p.conv_kwargs)
+        y.backward(torch.ones_like(y))
+        results.append((y, xs.grad, ws.grad))
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
