@@ -65,7 +65,7 @@ def _resource_usage(cubin: bytes) -> str:
 def main(argv: List[str] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--arch", type=int, default=90, help="compute capability x10 (80 = A100, 90 = H100)")
-    ap.add_argument("--dtypes", default="bf16,fp16,fp32")
+    ap.add_argument("--dtypes", default="bf16,fp16,fp32,fp32ieee", help="fp32ieee: fp32 with TF32 disallowed")
     ap.add_argument("--quick", action="store_true", help="one dtype-independent pass over fewer shapes")
     args = ap.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
@@ -112,11 +112,12 @@ def main(argv: List[str] = None) -> int:
     ]
     if args.quick:
         shapes = [shapes[i] for i in (0, 1, 2, 5)]
-    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "fp32ieee": torch.float32}
     failures = 0
     t_start = time.time()
     for dname in args.dtypes.split(","):
         dtype = dtypes[dname]
+        torch.backends.cudnn.allow_tf32 = dname != "fp32ieee"
         for c, k, ks, stride, groups, size in shapes:
             x = torch.randn(1, c, *size).to(dtype).contiguous(memory_format=torch.channels_last_3d)
             w = torch.randn(k, c // groups, ks, ks, ks).to(dtype).contiguous(memory_format=torch.channels_last_3d)
