@@ -20,7 +20,7 @@ ActivityNet (official file, untrimmed videos, several labelled segments in secon
      "database": {"<youtube_id>": {"subset": "training", "duration": 123.4, "fps": 29.97,
                                    "annotations": [{"label": "Drinking coffee", "segment": [2.1, 17.9]}, ...]}}}
 
-Classes are the taxonomy's leaf nodes in taxonomy order; ``fps`` is added by ``video3d-fast prepare fps``
+Classes are the taxonomy's leaf nodes in taxonomy order; ``fps`` is added by ``video3d-fast prepare activitynet-fps``
 (the authors' ``add_fps_into_activitynet_json.py``). Every labelled segment becomes one sample with frames
 ``ceil(t0 * fps)`` (at least 1) to ``ceil(t1 * fps)``; frame folders are named ``v_<youtube_id>``.
 """
@@ -216,7 +216,7 @@ def _parse_activitynet(data: dict, source: str) -> Annotation:
         fps = value.get("fps")
         if fps is None:
             raise ValueError(
-                f"{source}: ActivityNet video {video_id!r} has no 'fps'; run `video3d-fast prepare fps` to add it"
+                f"{source}: ActivityNet video {video_id!r} has no 'fps'; run `video3d-fast prepare activitynet-fps` to add it"
             )
         for ann in annotations:
             t0, t1 = ann["segment"]
