@@ -219,7 +219,7 @@ class VideoDataset(Dataset):
             if self.spatial_transform is not None:
                 x = self.spatial_transform(x, rng)
             out.append(x.permute(1, 0, 2, 3))  # [T, C, H, W] -> [C, T, H, W]
-        segments = [(clip[0], clip[-1] + 1) for clip in clips]
+        segments = [(min(clip), max(clip) + 1) for clip in clips]  # the authors' [first, last + 1] per clip
         return torch.stack(out), sample.label, sample.video_id, segments
 
     def __repr__(self) -> str:
