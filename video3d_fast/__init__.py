@@ -2,3 +2,5 @@
 __version__ = "0.1.0"
 
 from . import ops  # noqa: E402,F401
+from . import models  # noqa: E402,F401
+from .models import fuse  # noqa: E402,F401
