@@ -145,13 +145,13 @@ class TritonBackend(Backend):
         g_gamma = g_beta = g_res = gc = None
         if need_gc or mask[2] or mask[3]:
             mean, var = mean.float().contiguous(), var.float().contiguous()
-            sum_g, sum_gc = grad_sums(grad, out, relu, c=conv_out, center=mean)
+            sum_g, sum_gx = grad_sums(grad, out, relu, c=conv_out, mean=mean, var=var, eps=eps)
             if mask[2]:
-                g_gamma = (sum_gc * torch.rsqrt(var + eps)).to(gamma.dtype)
+                g_gamma = sum_gx.to(gamma.dtype)
             if mask[3]:
                 g_beta = sum_g.to(gamma.dtype)
         if need_gc or mask[4]:
-            bn = (conv_out, mean, var, sum_g, sum_gc, eps) if need_gc else None
+            bn = (conv_out, mean, var, sum_g, sum_gx, eps) if need_gc else None
             gc, g_res = grad_prologue(grad, out, relu, gamma.contiguous(), store_gc=need_gc,
                                       gz_format=memory_format_of(x) if mask[4] else None, bn=bn)
         gx, gw = self._conv_grads(gc, x, w, p, mask)

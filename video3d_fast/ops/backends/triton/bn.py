@@ -134,7 +134,7 @@ def channel_affine_act(c: torch.Tensor, a: torch.Tensor, b: torch.Tensor, residu
 # ------------------------------------------------------------------------------------------------
 @triton.jit(do_not_specialize=ROWS_ARGS)
 def grad_sums_kernel(
-    g_ptr, out_ptr, c_ptr, center_ptr, p_g_ptr, p_gc_ptr,
+    g_ptr, out_ptr, c_ptr, center_ptr, part_ptr,
     M, K, Dd, Hh, Ww,
     g_sn, g_sd, g_sh, g_sw, g_sc,
     o_sn, o_sd, o_sh, o_sw, o_sc,
@@ -142,76 +142,84 @@ def grad_sums_kernel(
     RELU: tl.constexpr, WITH_C: tl.constexpr, CENTER: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    """Per row tile: sum of gz and of gz * (c - center), gz = grad * (out > 0 if RELU)."""
+    """Per row tile: sum of gz (columns [0, K) of the partials) and of gz * (c - center) (columns
+    [K, 2K)), gz = grad * (out > 0 if RELU)."""
     pid_m = tl.program_id(0)
     m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     ch = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = ch < K
     mask = (m < M)[:, None] & cmask[None, :]
+    width = 2 * K if WITH_C else K
     gz = tl.load(g_ptr + _offsets(m, Dd, Hh, Ww, g_sn, g_sd, g_sh, g_sw)[:, None] + (ch * g_sc)[None, :],
                  mask=mask, other=0.0).to(tl.float32)
     if RELU:
         o = tl.load(out_ptr + _offsets(m, Dd, Hh, Ww, o_sn, o_sd, o_sh, o_sw)[:, None] + (ch * o_sc)[None, :],
                     mask=mask, other=0.0)
         gz = tl.where(o > 0, gz, 0.0)
-    tl.store(p_g_ptr + pid_m * K + ch, tl.sum(gz, axis=0), mask=cmask)
+    tl.store(part_ptr + pid_m * width + ch, tl.sum(gz, axis=0), mask=cmask)
     if WITH_C:
         c = tl.load(c_ptr + _offsets(m, Dd, Hh, Ww, c_sn, c_sd, c_sh, c_sw)[:, None] + (ch * c_sc)[None, :],
                     mask=mask, other=0.0).to(tl.float32)
         if CENTER:
             c = tl.where(mask, c - tl.load(center_ptr + ch, mask=cmask, other=0.0)[None, :], 0.0)
-        tl.store(p_gc_ptr + pid_m * K + ch, tl.sum(gz * c, axis=0), mask=cmask)
+        tl.store(part_ptr + pid_m * width + K + ch, tl.sum(gz * c, axis=0), mask=cmask)
 
 
-@triton.jit(do_not_specialize=["num_tiles", "K"])
-def sum_tiles_kernel(p_ptr, out_ptr, num_tiles, K, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr):
-    """out[ch] = sum over tiles of p[tile, ch], in tile order (deterministic)."""
-    ch = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
-    cmask = ch < K
+@triton.jit(do_not_specialize=["num_tiles", "width", "K"])
+def sum_tiles_kernel(p_ptr, first_ptr, second_ptr, var_ptr, num_tiles, width, K, eps,
+                     INVSTD_SECOND: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Column sums over tiles of p[tile, col], in tile order (deterministic): columns [0, K) go to
+    ``first``, [K, 2K) to ``second`` (separate tensors: they become separate gradients), the latter
+    multiplied by 1 / sqrt(var + eps) with INVSTD_SECOND (sum gz * xhat, BatchNorm's dgamma)."""
+    col = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = col < width
     total = tl.zeros((BLOCK_C,), dtype=tl.float32)
     for t0 in range(0, num_tiles, BLOCK_T):
         t = t0 + tl.arange(0, BLOCK_T)
-        total += tl.sum(tl.load(p_ptr + t[:, None] * K + ch[None, :],
+        total += tl.sum(tl.load(p_ptr + t[:, None] * width + col[None, :],
                                 mask=(t < num_tiles)[:, None] & cmask[None, :], other=0.0), axis=0)
-    tl.store(out_ptr + ch, total, mask=cmask)
-
-
-def _sum_tiles(partials: torch.Tensor) -> torch.Tensor:
-    num_tiles, K = partials.shape
-    out = new_output((K,), dtype=torch.float32, device=partials.device)
-    block_c = min(64, max(16, next_pow2(K)))
-    sum_tiles_kernel[(cdiv(K, block_c),)](
-        partials, out, num_tiles, K, BLOCK_T=FINALIZE_TILES, BLOCK_C=block_c
-    )
-    return out
+    second = cmask & (col >= K)
+    if INVSTD_SECOND:
+        var = tl.load(var_ptr + (col - K), mask=second, other=1.0)
+        total = tl.where(second, total / tl.sqrt(var + eps), total)
+    tl.store(first_ptr + col, total, mask=cmask & (col < K))
+    tl.store(second_ptr + (col - K), total, mask=second)
 
 
 def grad_sums(grad: torch.Tensor, out: Optional[torch.Tensor], relu: bool, c: Optional[torch.Tensor] = None,
-              center: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """(sum gz, sum gz * (c - center)) per channel in fp32, gz = grad * (out > 0 if relu).
-
-    The second is None when ``c`` is None; ``center`` None means 0.
-    """
+              mean: Optional[torch.Tensor] = None, var: Optional[torch.Tensor] = None, eps: float = 0.0,
+              ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Per-channel fp32 sums with gz = grad * (out > 0 if relu): ``sum gz`` and, when ``c`` is given,
+    ``sum gz * c`` (affine form: d/d scale), or with ``mean``/``var`` the BatchNorm
+    ``sum gz * (c - mean) / sqrt(var + eps)`` (d/d gamma). Two launches: row-tile partials, then
+    their in-order sum."""
     N, K, Dd, Hh, Ww = grad.shape
     M = N * Dd * Hh * Ww
     bm, bc = _elementwise_blocks(K)
     tiles = cdiv(M, bm)
-    p_g = new_output((tiles, K), dtype=torch.float32, device=grad.device)
-    p_gc = new_output((tiles, K), dtype=torch.float32, device=grad.device) if c is not None else p_g
+    width = 2 * K if c is not None else K
+    partials = new_output((tiles, width), dtype=torch.float32, device=grad.device)
     o = out if out is not None else grad
     cc = c if c is not None else grad
     grad_sums_kernel[(tiles, cdiv(K, bc))](
-        grad, o, cc, center if center is not None else p_g, p_g, p_gc, M, K, Dd, Hh, Ww,
+        grad, o, cc, mean if mean is not None else partials, partials, M, K, Dd, Hh, Ww,
         *ndhwc_strides(grad), *ndhwc_strides(o), *ndhwc_strides(cc),
-        RELU=relu, WITH_C=c is not None, CENTER=center is not None, BLOCK_M=bm, BLOCK_C=bc,
+        RELU=relu, WITH_C=c is not None, CENTER=mean is not None, BLOCK_M=bm, BLOCK_C=bc,
     )
-    return _sum_tiles(p_g), (_sum_tiles(p_gc) if c is not None else None)
+    first = new_output((K,), dtype=torch.float32, device=grad.device)
+    second = new_output((K,), dtype=torch.float32, device=grad.device) if c is not None else None
+    block_c = min(64, max(16, next_pow2(width)))
+    sum_tiles_kernel[(cdiv(width, block_c),)](
+        partials, first, first if second is None else second, var if var is not None else first,
+        tiles, width, K, float(eps), INVSTD_SECOND=var is not None, BLOCK_T=FINALIZE_TILES, BLOCK_C=block_c,
+    )
+    return first, second
 
 
 @triton.jit(do_not_specialize=ROWS_ARGS)
 def grad_prologue_kernel(
     g_ptr, out_ptr, c_ptr, gc_ptr, gz_ptr,
-    coef_ptr, mean_ptr, var_ptr, sum_g_ptr, sum_gc_ptr,
+    coef_ptr, mean_ptr, var_ptr, sum_g_ptr, sum_gx_ptr,
     M, K, Dd, Hh, Ww, count, eps,
     g_sn, g_sd, g_sh, g_sw, g_sc,
     o_sn, o_sd, o_sh, o_sw, o_sc,
@@ -222,8 +230,8 @@ def grad_prologue_kernel(
     BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """gz = grad * (out > 0 if RELU); gc = dL/dc of the conv output:
-    BN:      gc = gamma*invstd * (gz - sum_g/count - (c - mean) * invstd^2 * sum_gc/count)
-             (coef = gamma, sum_gc = sum gz * (c - mean));
+    BN:      gc = gamma*invstd * (gz - sum_g/count - (c - mean) * invstd * sum_gx/count)
+             (coef = gamma, sum_gx = sum gz * (c - mean) * invstd, see grad_sums);
     affine:  gc = scale * gz (coef = scale).
     Writes gc (conv backward operand) and/or gz (the residual's gradient)."""
     m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -245,7 +253,7 @@ def grad_prologue_kernel(
             invstd = 1.0 / tl.sqrt(tl.load(var_ptr + ch, mask=cmask, other=1.0) + eps)
             mean = tl.load(mean_ptr + ch, mask=cmask, other=0.0)
             mean_g = tl.load(sum_g_ptr + ch, mask=cmask, other=0.0) / count
-            proj = tl.load(sum_gc_ptr + ch, mask=cmask, other=0.0) / count * invstd * invstd
+            proj = tl.load(sum_gx_ptr + ch, mask=cmask, other=0.0) / count * invstd
             c = tl.load(c_ptr + _offsets(m, Dd, Hh, Ww, c_sn, c_sd, c_sh, c_sw)[:, None] + (ch * c_sc)[None, :],
                         mask=mask, other=0.0).to(tl.float32)
             gc = (coef * invstd)[None, :] * (gz - mean_g[None, :] - (c - mean[None, :]) * proj[None, :])
@@ -260,7 +268,7 @@ def grad_prologue(grad: torch.Tensor, out: torch.Tensor, relu: bool, coef: torch
                   bn: Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float]] = None,
                   ) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
     """(gc, gz): gc in channels_last_3d (the conv backward kernels' operand) when ``store_gc``;
-    gz in ``gz_format`` when given. ``bn`` = (conv_out, mean, var, sum_g, sum_gc, eps) for the
+    gz in ``gz_format`` when given. ``bn`` = (conv_out, mean, var, sum_g, sum_gx, eps) for the
     training form, None for the affine form (gc = coef * gz)."""
     N, K, Dd, Hh, Ww = grad.shape
     M = N * Dd * Hh * Ww
@@ -270,13 +278,13 @@ def grad_prologue(grad: torch.Tensor, out: torch.Tensor, relu: bool, coef: torch
     gz = new_output(grad.shape, dtype=grad.dtype, device=grad.device,
                     memory_format=gz_format) if gz_format is not None else None
     if bn is not None:
-        c, mean, var, sum_g, sum_gc, eps = bn
+        c, mean, var, sum_g, sum_gx, eps = bn
     else:
-        c, mean, var, sum_g, sum_gc, eps = grad, coef, coef, coef, coef, 0.0
+        c, mean, var, sum_g, sum_gx, eps = grad, coef, coef, coef, coef, 0.0
     gc_t = gc if gc is not None else grad
     gz_t = gz if gz is not None else grad
     grad_prologue_kernel[(cdiv(M, bm), cdiv(K, bc))](
-        grad, out, c, gc_t, gz_t, coef, mean, var, sum_g, sum_gc, M, K, Dd, Hh, Ww, float(M), float(eps),
+        grad, out, c, gc_t, gz_t, coef, mean, var, sum_g, sum_gx, M, K, Dd, Hh, Ww, float(M), float(eps),
         *ndhwc_strides(grad), *ndhwc_strides(out), *ndhwc_strides(c), *ndhwc_strides(gc_t), *ndhwc_strides(gz_t),
         RELU=relu, BN=bn is not None, STORE_GC=store_gc, STORE_GZ=gz is not None, BLOCK_M=bm, BLOCK_C=bc,
     )

@@ -11,6 +11,7 @@ Layout convention of all kernels: activations are addressed through five strides
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Tuple
 
 import torch
@@ -23,6 +24,17 @@ INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 TORCH_TO_TL = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32}
 KERNEL_DTYPES = tuple(TORCH_TO_TL)  # float64 runs the ATen composite (see TritonBackend)
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    """What a launcher computes once per problem (tile config, grid, integer arguments, constexprs) and
+    reuses on every call: the host-side cost of a launch is then a dict lookup and the launch itself."""
+
+    cfg: object  # autotune.KernelConfig
+    grid: tuple
+    args: tuple  # the kernel's integer arguments, in order
+    constexprs: dict
 
 
 def cdiv(a: int, b: int) -> int:
@@ -46,6 +58,11 @@ def ndhwc_strides(t: torch.Tensor) -> Tuple[int, int, int, int, int]:
     """Element strides (see kernel_strides) of a 5-D (N, C, D, H, W) tensor in (N, D, H, W, C) order."""
     s = kernel_strides(t)
     return s[0], s[2], s[3], s[4], s[1]
+
+
+def dense_like(shape, memory_format: torch.memory_format) -> torch.Tensor:
+    """A storage-less tensor with the strides a dense ``shape`` tensor in ``memory_format`` gets."""
+    return torch.empty(shape, device="meta", memory_format=memory_format)
 
 
 def channels_last(t: torch.Tensor) -> torch.Tensor:

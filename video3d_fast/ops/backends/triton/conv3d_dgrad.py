@@ -8,7 +8,7 @@ taps, so strided dgrad does no masked-out MMAs (a naive implicit GEMM wastes 7/8
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Dict, Optional
 
 import torch
 import triton
@@ -18,8 +18,10 @@ from ...debug import new_output
 from ...params import Conv3dParams
 from .autotune import KernelConfig, dgrad_candidates, pick
 from .common import (
+    LaunchPlan,
     cdiv,
     channels_last,
+    dense_like,
     dot_flags,
     gather_ndhwc,
     kernel_strides,
@@ -180,24 +182,38 @@ def conv3d_dgrad(dy: torch.Tensor, w: torch.Tensor, p: Conv3dParams, input_forma
         raise ValueError(f"grad_output {tuple(dy.shape)} / weight {tuple(w.shape)} do not match {p}")
     if dy.dtype != w.dtype or dy.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         raise TypeError(f"triton dgrad needs matching fp16/bf16/fp32 tensors, got {dy.dtype}/{w.dtype}")
-    dyc, wc = channels_last(dy), channels_last(w)
-    cfg = config or pick("dgrad", p, dy.dtype, dy.device, dgrad_candidates(p, dy.dtype, dy.device),
-                         lambda c: conv3d_dgrad(dy, w, p, input_format, config=c))
-    tiling = group_tiling(p.groups, p.in_channels_per_group, p.out_channels_per_group, cfg.block_n)
+    flags = dot_flags(dy.dtype)
+    key = (p, dy.dtype, dy.device, input_format, config, tuple(flags.values()))
+    plan = _plans.get(key)
+    if plan is None:
+        cfg = config or pick("dgrad", p, dy.dtype, dy.device, dgrad_candidates(p, dy.dtype, dy.device),
+                             lambda c: conv3d_dgrad(dy, w, p, input_format, config=c))
+        plan = _plans[key] = _dgrad_plan(p, cfg, input_format, flags)
     dx = new_output((p.batch, p.in_channels, *p.in_size), dtype=dy.dtype, device=dy.device,
                     memory_format=input_format)
+    conv3d_dgrad_kernel[plan.grid](channels_last(dy), channels_last(w), dx, *plan.args, **plan.constexprs)
+    return dx
+
+
+_plans: Dict[tuple, LaunchPlan] = {}
+
+
+def _dgrad_plan(p: Conv3dParams, cfg: KernelConfig, input_format, flags: dict) -> LaunchPlan:
+    tiling = group_tiling(p.groups, p.in_channels_per_group, p.out_channels_per_group, cfg.block_n)
     rows = p.batch * math.prod(cdiv(p.in_size[i], p.stride[i]) for i in range(3))
     steps = [p.stride[i] // math.gcd(p.stride[i], p.dilation[i]) for i in range(3)]
-    grid = (cdiv(rows, cfg.block_m), tiling.num_tiles, math.prod(p.stride))
-    conv3d_dgrad_kernel[grid](
-        dyc, wc, dx,
+    args = (
         *p.in_size, *p.out_size, p.batch,
         *p.kernel, *p.stride, *p.padding, *p.dilation, *steps,
         *tiling.kernel_args(),
-        *ndhwc_strides(dyc), *kernel_strides(wc), *ndhwc_strides(dx),
+        *ndhwc_strides(dense_like(p.out_shape, torch.channels_last_3d)),
+        *kernel_strides(dense_like((p.out_channels, p.in_channels_per_group, *p.kernel), torch.channels_last_3d)),
+        *ndhwc_strides(dense_like((p.batch, p.in_channels, *p.in_size), input_format)),
+    )
+    constexprs = dict(
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
         TAP_ALIGNED=tiling.red_per_tile % cfg.block_k == 0, BLOCK_DIAG=tiling.block_diagonal,
         FULL_GROUPS=tiling.full_groups, EVEN_OUT=tiling.even_out,
-        **dot_flags(dy.dtype), num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        **flags, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
-    return dx
+    return LaunchPlan(cfg, (cdiv(rows, cfg.block_m), tiling.num_tiles, math.prod(p.stride)), args, constexprs)

@@ -11,7 +11,7 @@ Epilogues (constexpr flags, any combination):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Dict, Optional
 
 import torch
 import triton
@@ -23,6 +23,8 @@ from .autotune import KernelConfig, fwd_candidates, pick
 from .common import (
     cdiv,
     channels_last,
+    LaunchPlan,
+    dense_like,
     dot_flags,
     gather_ndhwc,
     kernel_strides,
@@ -189,8 +191,8 @@ def conv3d_fwd(
     """Launch the forward kernel; the one place its shapes are checked and its grid chosen.
 
     x: (N, C, D, H, W) fp16/bf16/fp32, any layout (gathered from an NDHWC copy when not already).
-    w: (K, C/groups, T, R, S), same dtype. scale/shift: (K,) fp32 or x.dtype. residual: output shape.
-    Outputs are in x's memory format (params.memory_format_of).
+    w: (K, C/groups, T, R, S), same dtype. scale/shift: (K,) fp32 or x.dtype, contiguous.
+    residual: output shape, any layout. Outputs are in x's memory format (params.memory_format_of).
     """
     if x.dtype not in (torch.float16, torch.bfloat16, torch.float32) or w.dtype != x.dtype:
         raise TypeError(f"triton conv3d forward needs fp16/bf16/fp32 input and weight, got {x.dtype}/{w.dtype}")
@@ -203,43 +205,56 @@ def conv3d_fwd(
     if not (store_out or store_conv or stats):
         raise ValueError("conv3d_fwd called with nothing to produce")
     fmt = memory_format_of(x)
+    flags = dict(HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None, HAS_RES=residual is not None,
+                 RELU=relu, STORE_OUT=store_out, STORE_CONV=store_conv, STATS=stats, **dot_flags(x.dtype))
+    key = (p, x.dtype, x.device, fmt, None if residual is None else residual.stride(), config,
+           tuple(flags.values()))
+    plan = _plans.get(key)
+    if plan is None:
+        cfg = config or pick(
+            "fwd", p, x.dtype, x.device, fwd_candidates(p, x.dtype, x.device),
+            lambda c: conv3d_fwd(x, w, p, scale=scale, shift=shift, residual=residual, relu=relu,
+                                 store_out=store_out, store_conv=store_conv, stats=stats, config=c),
+        )
+        plan = _plans[key] = _fwd_plan(p, cfg, fmt, residual, flags)
     xc, wc = channels_last(x), channels_last(w)
-    M, K = p.gemm_m, p.out_channels
-    cfg = config or pick(
-        "fwd", p, x.dtype, x.device, fwd_candidates(p, x.dtype, x.device),
-        lambda c: conv3d_fwd(x, w, p, scale=scale, shift=shift, residual=residual, relu=relu,
-                             store_out=store_out, store_conv=store_conv, stats=stats, config=c),
-    )
-    tiling = group_tiling(p.groups, p.out_channels_per_group, p.in_channels_per_group, cfg.block_n)
-    tap_aligned = tiling.red_per_tile % cfg.block_k == 0
-    grid = (cdiv(M, cfg.block_m), tiling.num_tiles)
-
-    def alloc(want: bool, dtype=x.dtype):
-        return new_output(p.out_shape, dtype=dtype, device=x.device, memory_format=fmt) if want else None
-
-    out, conv = alloc(store_out), alloc(store_conv)
+    out = new_output(p.out_shape, dtype=x.dtype, device=x.device, memory_format=fmt) if store_out else None
+    conv = new_output(p.out_shape, dtype=x.dtype, device=x.device, memory_format=fmt) if store_conv else None
     tile_sum = tile_m2 = None
     if stats:
-        tile_sum = new_output((grid[0], K), dtype=torch.float32, device=x.device)
-        tile_m2 = new_output((grid[0], K), dtype=torch.float32, device=x.device)
-    dummy = xc  # never dereferenced: the constexpr flags switch those loads/stores off
-    ref_out = out if out is not None else conv
-    res = residual if residual is not None else ref_out
-    conv3d_fwd_kernel[grid](
-        xc, wc, out if out is not None else dummy, conv if conv is not None else ref_out, res,
-        scale if scale is not None else dummy, shift if shift is not None else dummy,
-        tile_sum if stats else dummy, tile_m2 if stats else dummy,
-        M, *p.in_size, *p.out_size, p.in_channels, K,
+        tile_sum = new_output((plan.grid[0], p.out_channels), dtype=torch.float32, device=x.device)
+        tile_m2 = new_output((plan.grid[0], p.out_channels), dtype=torch.float32, device=x.device)
+    # Pointers behind switched-off flags are never dereferenced; any tensor of the right dtype will do.
+    written = out if out is not None else conv
+    conv3d_fwd_kernel[plan.grid](
+        xc, wc, xc if out is None else out, written if conv is None else conv,
+        written if residual is None else residual, xc if scale is None else scale, xc if shift is None else shift,
+        xc if tile_sum is None else tile_sum, xc if tile_m2 is None else tile_m2,
+        *plan.args, **plan.constexprs,
+    )
+    return FwdResult(out, conv, tile_sum, tile_m2, plan.cfg.block_m)
+
+
+_plans: Dict[tuple, LaunchPlan] = {}
+
+
+def _fwd_plan(p: Conv3dParams, cfg: KernelConfig, fmt, residual: Optional[torch.Tensor], flags: dict) -> LaunchPlan:
+    """Everything about a launch that depends only on the problem: computed once per problem."""
+    tiling = group_tiling(p.groups, p.out_channels_per_group, p.in_channels_per_group, cfg.block_n)
+    x_like = dense_like((p.batch, p.in_channels, *p.in_size), torch.channels_last_3d)
+    w_like = dense_like((p.out_channels, p.in_channels_per_group, *p.kernel), torch.channels_last_3d)
+    out_like = dense_like(p.out_shape, fmt)
+    res_like = out_like if residual is None else residual
+    args = (
+        p.gemm_m, *p.in_size, *p.out_size, p.in_channels, p.out_channels,
         *p.kernel, *p.stride, *p.padding, *p.dilation,
         *tiling.kernel_args(),
-        *ndhwc_strides(xc), *kernel_strides(wc),
-        *ndhwc_strides(ref_out if ref_out is not None else x), *ndhwc_strides(res if res is not None else x),
+        *ndhwc_strides(x_like), *kernel_strides(w_like), *ndhwc_strides(out_like), *ndhwc_strides(res_like),
+    )
+    constexprs = dict(
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
-        TAP_ALIGNED=tap_aligned, BLOCK_DIAG=tiling.block_diagonal, FULL_GROUPS=tiling.full_groups,
-        EVEN_OUT=tiling.even_out,
-        HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None, HAS_RES=residual is not None, RELU=relu,
-        STORE_OUT=store_out, STORE_CONV=store_conv, STATS=stats,
-        **dot_flags(x.dtype),
+        TAP_ALIGNED=tiling.red_per_tile % cfg.block_k == 0, BLOCK_DIAG=tiling.block_diagonal,
+        FULL_GROUPS=tiling.full_groups, EVEN_OUT=tiling.even_out, **flags,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
-    return FwdResult(out, conv, tile_sum, tile_m2, cfg.block_m)
+    return LaunchPlan(cfg, (cdiv(p.gemm_m, cfg.block_m), tiling.num_tiles), args, constexprs)

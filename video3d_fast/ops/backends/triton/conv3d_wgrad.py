@@ -8,7 +8,7 @@ writes the weight gradient directly.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Dict, Optional
 
 import torch
 import triton
@@ -19,8 +19,10 @@ from ...params import Conv3dParams, memory_format_of
 from .autotune import KernelConfig, pick, wgrad_candidates, wgrad_split
 from .common import (
     INTERPRETED,
+    LaunchPlan,
     cdiv,
     channels_last,
+    dense_like,
     dot_flags,
     gather_ndhwc,
     kernel_strides,
@@ -146,37 +148,49 @@ def conv3d_wgrad(dy: torch.Tensor, x: torch.Tensor, w: torch.Tensor, p: Conv3dPa
         raise ValueError(f"grad_output {tuple(dy.shape)} / input {tuple(x.shape)} do not match {p}")
     if not (dy.dtype == x.dtype == w.dtype) or dy.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         raise TypeError(f"triton wgrad needs matching fp16/bf16/fp32 tensors, got {dy.dtype}/{x.dtype}/{w.dtype}")
-    dyc, xc = channels_last(dy), channels_last(x)
-    cfg = config or pick("wgrad", p, dy.dtype, dy.device, wgrad_candidates(p, dy.dtype, dy.device),
-                         lambda c: conv3d_wgrad(dy, x, w, p, config=c))
-    tiling = group_tiling(p.groups, p.out_channels_per_group, p.in_channels_per_group, cfg.block_m)
-    taps = p.kernel[0] * p.kernel[1] * p.kernel[2]
-    cols = taps * tiling.red_per_tile
-    positions = p.gemm_m
-    split = wgrad_split(tiling.num_tiles, cdiv(cols, cfg.block_n), positions, cfg, dy.device)
-    per_split = cdiv(cdiv(positions, split), cfg.block_k) * cfg.block_k
-    split = cdiv(positions, per_split)
     fmt = memory_format_of(w)
+    flags = dot_flags(dy.dtype)
+    key = (p, dy.dtype, dy.device, fmt, config, tuple(flags.values()))
+    plan = _plans.get(key)
+    if plan is None:
+        cfg = config or pick("wgrad", p, dy.dtype, dy.device, wgrad_candidates(p, dy.dtype, dy.device),
+                             lambda c: conv3d_wgrad(dy, x, w, p, config=c))
+        plan = _plans[key] = _wgrad_plan(p, cfg, fmt, flags, dy.device)
+    split = plan.grid[2]
     dw = new_output(tuple(w.shape), dtype=w.dtype, device=w.device, memory_format=fmt)
-    if split == 1:
-        dst, split_stride = dw, 0
-    else:
-        dst = new_output((split * p.out_channels, *w.shape[1:]), dtype=torch.float32, device=w.device,
-                         memory_format=fmt)
-        split_stride = p.out_channels * dst.stride(0)
-    conv3d_wgrad_kernel[(tiling.num_tiles, cdiv(cols, cfg.block_n), split)](
-        dyc, xc, dst,
-        positions, per_split, *p.in_size, *p.out_size,
-        *p.kernel, *p.stride, *p.padding, *p.dilation,
-        *tiling.kernel_args(),
-        *ndhwc_strides(dyc), *ndhwc_strides(xc),
-        split_stride, *kernel_strides(dst),
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
-        TAP_ALIGNED=tiling.red_per_tile % cfg.block_n == 0, BLOCK_DIAG=tiling.block_diagonal,
-        FULL_GROUPS=tiling.full_groups, EVEN_OUT=tiling.even_out,
-        **dot_flags(dy.dtype), num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-    )
+    dst = dw if split == 1 else new_output((split * p.out_channels, *w.shape[1:]), dtype=torch.float32,
+                                           device=w.device, memory_format=fmt)
+    conv3d_wgrad_kernel[plan.grid](channels_last(dy), channels_last(x), dst, *plan.args, **plan.constexprs)
     if split > 1:
         block = 256 if INTERPRETED else 1024
         sum_splits_kernel[(cdiv(dw.numel(), block),)](dst, dw, dw.numel(), split, BLOCK=block)
     return dw
+
+
+_plans: Dict[tuple, LaunchPlan] = {}
+
+
+def _wgrad_plan(p: Conv3dParams, cfg: KernelConfig, fmt, flags: dict, device: torch.device) -> LaunchPlan:
+    tiling = group_tiling(p.groups, p.out_channels_per_group, p.in_channels_per_group, cfg.block_m)
+    cols = p.kernel[0] * p.kernel[1] * p.kernel[2] * tiling.red_per_tile
+    positions = p.gemm_m
+    split = wgrad_split(tiling.num_tiles, cdiv(cols, cfg.block_n), positions, cfg, device)
+    per_split = cdiv(cdiv(positions, split), cfg.block_k) * cfg.block_k
+    split = cdiv(positions, per_split)
+    w_shape = (p.out_channels, p.in_channels_per_group, *p.kernel)
+    dst_like = dense_like(w_shape if split == 1 else (split * p.out_channels, *w_shape[1:]), fmt)
+    args = (
+        positions, per_split, *p.in_size, *p.out_size,
+        *p.kernel, *p.stride, *p.padding, *p.dilation,
+        *tiling.kernel_args(),
+        *ndhwc_strides(dense_like(p.out_shape, torch.channels_last_3d)),
+        *ndhwc_strides(dense_like((p.batch, p.in_channels, *p.in_size), torch.channels_last_3d)),
+        0 if split == 1 else p.out_channels * dst_like.stride(0), *kernel_strides(dst_like),
+    )
+    constexprs = dict(
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
+        TAP_ALIGNED=tiling.red_per_tile % cfg.block_n == 0, BLOCK_DIAG=tiling.block_diagonal,
+        FULL_GROUPS=tiling.full_groups, EVEN_OUT=tiling.even_out,
+        **flags, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    return LaunchPlan(cfg, (tiling.num_tiles, cdiv(cols, cfg.block_n), split), args, constexprs)
