@@ -167,3 +167,23 @@ def test_quick_demo_runs_end_to_end_and_prints_the_video_level_table(tmp_path):
     results = json.loads((tmp_path / "motion_3d" / "val.json").read_text())["results"]
     assert len(results) == 24 and all(len(v) == 5 for v in results.values())
     assert (tmp_path / "motion_3d" / "train.log").is_file() and (tmp_path / "single_frame" / "last.pth").is_file()
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_example_configs_are_valid(path):
+    from video3d_fast.config import load_yaml_config
+
+    load_yaml_config(path).validate()
+
+
+def test_motion_demo_yaml_is_the_demo_s_configuration():
+    import yaml
+
+    from video3d_fast.config import load_yaml_config
+    from video3d_fast.train.demo import demo_config
+
+    yaml_cfg = load_yaml_config(REPO / "configs" / "motion_demo.yaml")
+    demo = demo_config("v", "a", "r", progress=False)
+    paths = {"video_path", "annotation_path", "result_path"}
+    for key in yaml.safe_load((REPO / "configs" / "motion_demo.yaml").read_text()).keys() - paths:
+        assert getattr(yaml_cfg, key) == getattr(demo, key), key
