@@ -77,26 +77,31 @@ def _tiling(p, cfg, kind):
     return t, t.red_per_tile % cfg.block_n == 0
 
 
-# (problem, (block_m, block_n, block_k), expected tap_aligned, block_diagonal, full_groups)
+# (problem, (block_m, block_n, block_k), expected tap_aligned, w_runs, block_diagonal, full_groups)
 FWD_PATHS = [
-    ("dense", (32, 16, 16), True, False, True),  # aligned, two row and two column tiles
-    ("dense", (32, 32, 32), False, False, True),  # flattened K (16 channels, 32-wide K steps)
-    ("stem", (32, 16, 16), False, False, True),  # C=3: K steps span taps
-    ("strided", (16, 16, 16), True, False, True),
-    ("grouped", (32, 16, 16), True, True, True),  # 4 groups per tile, block-diagonal
-    ("grouped", (64, 32, 64), False, True, True),
-    ("grouped_s2", (32, 16, 64), False, True, False),  # Kg=8: 2 groups/tile of 3 -> partial last block
-    ("grouped_s2", (32, 16, 32), True, True, False),  # 2*16 channels per tap: aligned, masked channels
+    ("dense", (32, 16, 16), True, False, False, True),  # aligned, two row and two column tiles
+    ("dense", (32, 32, 32), False, False, False, True),  # flattened K (16 channels, 32-wide K steps)
+    ("stem", (32, 16, 16), False, True, False, True),  # C=3: one (t, r) filter row of 3x3 per K step
+    ("stem", (32, 16, 32), False, True, False, True),
+    ("stem", (64, 16, 16), False, False, False, True),  # and the flattened loop, forced (see the test)
+    ("strided", (16, 16, 16), True, False, False, True),
+    ("grouped", (32, 16, 16), True, False, True, True),  # 4 groups per tile, block-diagonal
+    ("grouped", (64, 32, 64), False, False, True, True),
+    ("grouped_s2", (32, 16, 64), False, False, True, False),  # Kg=8: 2 groups/tile of 3 -> partial last block
+    ("grouped_s2", (32, 16, 32), True, False, True, False),  # 2*16 channels per tap: aligned, masked channels
 ]
 
 
-@pytest.mark.parametrize("name,blocks,aligned,diag,full", FWD_PATHS)
-def test_fwd_kernel_paths_match_aten(name, blocks, aligned, diag, full):
+@pytest.mark.parametrize("name,blocks,aligned,runs,diag,full", FWD_PATHS)
+def test_fwd_kernel_paths_match_aten(name, blocks, aligned, runs, diag, full, monkeypatch):
     autotune, conv3d_fwd, _, _, _ = _kernels()
     x, w, _, p = _problem(name, layout="ndhwc")
     cfg = autotune.KernelConfig(*blocks)
     tiling, tap_aligned = _tiling(p, cfg, "fwd")
-    assert (tap_aligned, tiling.block_diagonal, tiling.full_groups) == (aligned, diag, full)
+    if name == "stem" and not runs:
+        monkeypatch.setattr(conv3d_fwd, "w_runs", lambda *args: False)
+    assert (tap_aligned, conv3d_fwd.w_runs(p, cfg, tiling), tiling.block_diagonal, tiling.full_groups) == (
+        aligned, runs, diag, full)
     scale = torch.rand(p.out_channels, device=DEVICE) + 0.5
     shift = torch.randn(p.out_channels, device=DEVICE)
     res = torch.randn(p.out_shape, device=DEVICE)

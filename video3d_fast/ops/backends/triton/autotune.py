@@ -73,7 +73,7 @@ def _half_k_for_fp32(bk: int, dtype: torch.dtype) -> int:
 
 
 def _gemm_tile_candidates(rows: int, out_per_group: int, red_per_group: int, groups: int, total_out: int,
-                          dtype: torch.dtype, device: torch.device) -> List[KernelConfig]:
+                          dtype: torch.dtype, device: torch.device, row_run: int = 0) -> List[KernelConfig]:
     """Candidates of fprop/dgrad (rows = output positions, columns = output channels), best guess first.
 
     Tile sizes follow what compiles without register spills on sm_90 (tests/triton/compile_check.py):
@@ -85,9 +85,13 @@ def _gemm_tile_candidates(rows: int, out_per_group: int, red_per_group: int, gro
         return [KernelConfig(128, _out_block(out_per_group, groups, total_out, 64), 64)]
     bn = _out_block(out_per_group, groups, total_out, 128)
     red_per_tile = group_tiling(groups, out_per_group, red_per_group, bn).red_per_tile
-    if red_per_tile % 16:  # flattened taps (stem, odd group widths)
-        first = KernelConfig(64, min(bn, 64), 16, 4, 3)
-        return [first, KernelConfig(128, min(bn, 64), 16, 4, 2)]
+    if red_per_tile % 16:  # taps narrower than a K step (the C=3 stem, odd group widths)
+        general = [KernelConfig(64, min(bn, 64), 16, 4, 3), KernelConfig(128, min(bn, 64), 16, 4, 2)]
+        if row_run and row_run <= 64 and group_tiling(groups, out_per_group, red_per_group, bn).groups_per_tile == 1:
+            # fprop's W_RUNS loop: one (t, r) filter row of S*C channels per K step (conv3d_fwd.w_runs)
+            bm = 64 if dtype == torch.float32 else 128  # fp32 operands spill at 128 rows
+            return [KernelConfig(bm, min(bn, 64), max(16, next_pow2(row_run)), 4, 2)] + general
+        return general
     shapes = [(128, bn), (64, bn)]
     if groups == 1 and bn >= 64:
         shapes.append((64, bn // 2))
@@ -106,7 +110,7 @@ def _gemm_tile_candidates(rows: int, out_per_group: int, red_per_group: int, gro
 
 def fwd_candidates(p: Conv3dParams, dtype: torch.dtype, device: torch.device) -> List[KernelConfig]:
     return _gemm_tile_candidates(p.gemm_m, p.out_channels_per_group, p.in_channels_per_group, p.groups,
-                                 p.out_channels, dtype, device)
+                                 p.out_channels, dtype, device, row_run=p.kernel[2] * p.in_channels_per_group)
 
 
 def dgrad_candidates(p: Conv3dParams, dtype: torch.dtype, device: torch.device) -> List[KernelConfig]:

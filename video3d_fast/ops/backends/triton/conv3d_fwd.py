@@ -50,7 +50,9 @@ FWD_SHAPE_ARGS = [
 # NDHWC input (implicit im2col, zero padding by masks); B is the KTRSC weight, block-diagonal when a
 # tile spans several groups. TAP_ALIGNED (CT % BLOCK_K == 0) keeps each K step inside one tap, so the
 # gather needs per-row coordinates only; otherwise (C=3 stem, small groups) a K step spans taps and
-# coordinates are per (row, column) -- no per-tap padding either way.
+# coordinates are per (row, column) -- no per-tap padding either way. W_RUNS (C=3 stem): a K step is
+# one (t, r) filter row, whose S*C (s, c) pairs lie in one contiguous run of the NDHWC input row, so
+# the per-element gather work is an add and a loop-invariant mask (padding S*C up to BLOCK_K).
 @triton.jit(do_not_specialize=FWD_SHAPE_ARGS)
 def conv3d_fwd_kernel(
     x_ptr, w_ptr, out_ptr, conv_ptr, res_ptr, scale_ptr, shift_ptr, psum_ptr, pm2_ptr,
@@ -62,7 +64,8 @@ def conv3d_fwd_kernel(
     o_sn, o_sd, o_sh, o_sw, o_sc,
     r_sn, r_sd, r_sh, r_sw, r_sc,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    TAP_ALIGNED: tl.constexpr, BLOCK_DIAG: tl.constexpr, FULL_GROUPS: tl.constexpr, EVEN_OUT: tl.constexpr,
+    TAP_ALIGNED: tl.constexpr, W_RUNS: tl.constexpr, BLOCK_DIAG: tl.constexpr, FULL_GROUPS: tl.constexpr,
+    EVEN_OUT: tl.constexpr,
     HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_RES: tl.constexpr, RELU: tl.constexpr,
     STORE_OUT: tl.constexpr, STORE_CONV: tl.constexpr, STATS: tl.constexpr,
     IS_FP32: tl.constexpr, TF32: tl.constexpr, UPCAST: tl.constexpr,
@@ -85,12 +88,32 @@ def conv3d_fwd_kernel(
     CT = GB * red_per_group
     k_total = T * R * S * CT
     kr = tl.arange(0, BLOCK_K)
+    if W_RUNS:  # K steps over (t, r); a step's columns are the S*CT (s, c) pairs of one input row segment
+        k_total = T * R * BLOCK_K
+        s_col = kr // CT
+        c_col = kr - s_col * CT
+        col_ok = kr < S * CT
+        x_col = s_col * dil_w * x_sw + (g0 * red_per_group + c_col) * x_sc
+        w_col = c_col * w_sc + s_col * w_ss
+        iw = base_w[:, None] + (s_col * dil_w)[None, :]
+        w_ok = col_ok[None, :] & (iw >= 0) & (iw < W)  # loop-invariant part of the gather mask
 
     # Masks are kept as narrow as the path allows (row-only / column-only): a mask that is constant
     # along the contiguous axis lets the loads vectorise and the pipeliner turn them into async copies.
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, k_total, BLOCK_K):
-        if TAP_ALIGNED:
+        if W_RUNS:
+            tr = k0 // BLOCK_K
+            t = tr // R
+            r = tr - t * R
+            id_ = base_d + t * dil_d
+            ih = base_h + r * dil_h
+            row_ok = row_mask & (id_ >= 0) & (id_ < D) & (ih >= 0) & (ih < H)
+            row_off = n_off + id_ * x_sd + ih * x_sh + base_w * x_sw
+            a = tl.load(x_ptr + row_off[:, None] + x_col[None, :], mask=row_ok[:, None] & w_ok, other=0.0)
+            b = tl.load(w_ptr + out_ch[None, :] * w_sk + (w_col + t * w_st + r * w_sr)[:, None],
+                        mask=col_ok[:, None] & col_mask[None, :], other=0.0)
+        elif TAP_ALIGNED:
             tap = k0 // CT
             c0 = k0 - tap * CT  # a multiple of BLOCK_K, as is g0 * red_per_group
             t, r, s = split_taps(tap, R, S)
@@ -110,6 +133,8 @@ def conv3d_fwd_kernel(
             else:  # one group per tile: the step's weight channels are c0 .. c0 + BLOCK_K, all real
                 w_red = tl.max_contiguous(tl.multiple_of(c0 + kr, BLOCK_K), BLOCK_K)
                 b_mask = col_mask[None, :]
+            w_tap = t * w_st + r * w_sr + s * w_ss
+            b = tl.load(w_ptr + out_ch[None, :] * w_sk + (w_red * w_sc + w_tap)[:, None], mask=b_mask, other=0.0)
         else:
             kk = k0 + kr
             tap = kk // CT
@@ -122,12 +147,11 @@ def conv3d_fwd_kernel(
                 ch[None, :], row_mask[:, None] & red_valid[None, :],
                 D, H, W, x_sd, x_sh, x_sw, x_sc,
             )
-            w_red = in_group
             b_mask = red_valid[:, None] & col_mask[None, :]
             if BLOCK_DIAG:
                 b_mask = b_mask & (red_group[:, None] == col_group[None, :])
-        w_tap = t * w_st + r * w_sr + s * w_ss
-        b = tl.load(w_ptr + out_ch[None, :] * w_sk + (w_red * w_sc + w_tap)[:, None], mask=b_mask, other=0.0)
+            w_tap = t * w_st + r * w_sr + s * w_ss
+            b = tl.load(w_ptr + out_ch[None, :] * w_sk + (in_group * w_sc + w_tap)[:, None], mask=b_mask, other=0.0)
         acc = mma(a, b, acc, IS_FP32, TF32, UPCAST)
 
     # ---- epilogue ----
@@ -238,9 +262,17 @@ def conv3d_fwd(
 _plans: Dict[tuple, LaunchPlan] = {}
 
 
+def w_runs(p: Conv3dParams, cfg: KernelConfig, tiling) -> bool:
+    """The row-segment K loop (W_RUNS): taps too narrow for a channel-aligned step (the C=3 stem), one
+    group per tile, and a whole (s, c) run of S*C channels fits one BLOCK_K step."""
+    return (tiling.red_per_tile % cfg.block_k != 0 and not tiling.block_diagonal
+            and p.kernel[2] * tiling.red_per_tile <= cfg.block_k)
+
+
 def _fwd_plan(p: Conv3dParams, cfg: KernelConfig, fmt, residual: Optional[torch.Tensor], flags: dict) -> LaunchPlan:
     """Everything about a launch that depends only on the problem: computed once per problem."""
     tiling = group_tiling(p.groups, p.out_channels_per_group, p.in_channels_per_group, cfg.block_n)
+    tap_aligned = tiling.red_per_tile % cfg.block_k == 0
     x_like = dense_like((p.batch, p.in_channels, *p.in_size), torch.channels_last_3d)
     w_like = dense_like((p.out_channels, p.in_channels_per_group, *p.kernel), torch.channels_last_3d)
     out_like = dense_like(p.out_shape, fmt)
@@ -253,7 +285,7 @@ def _fwd_plan(p: Conv3dParams, cfg: KernelConfig, fmt, residual: Optional[torch.
     )
     constexprs = dict(
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
-        TAP_ALIGNED=tiling.red_per_tile % cfg.block_k == 0, BLOCK_DIAG=tiling.block_diagonal,
+        TAP_ALIGNED=tap_aligned, W_RUNS=w_runs(p, cfg, tiling), BLOCK_DIAG=tiling.block_diagonal,
         FULL_GROUPS=tiling.full_groups, EVEN_OUT=tiling.even_out, **flags,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
