@@ -12,7 +12,7 @@ from video3d_fast.cli import build_parser, config_from_args, main
 from video3d_fast.train.logs import LOG_COLUMNS, TsvLogger
 
 from .data.fixtures import annotation_dict, write_json
-from .train.helpers import tiny_config, tiny_dataset
+from .train.helpers import tiny_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -163,7 +163,7 @@ def test_quick_demo_runs_end_to_end_and_prints_the_video_level_table(tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     out = proc.stdout
     assert "video top-1" in out and "val clip acc" in out
-    assert "3D ResNet-10, 8-frame clips" in out and "single-frame clips" in out and "chance" in out
+    assert "3D ResNet-10, 8-frame clips" in out and "1-frame clips" in out and "chance" in out
     results = json.loads((tmp_path / "motion_3d" / "val.json").read_text())["results"]
     assert len(results) == 24 and all(len(v) == 5 for v in results.values())
     assert (tmp_path / "motion_3d" / "train.log").is_file() and (tmp_path / "single_frame" / "last.pth").is_file()

@@ -172,7 +172,7 @@ def _run_loader_bench(args) -> int:
     import torch
 
     from .data.pipeline import build_dataset, build_loader, build_normalize
-    from .train.distributed import DistContext, _pick_device
+    from .train.distributed import _pick_device
     from .train.finetune import build_model
     from .train.throughput import ThroughputReport, measure_loader, measure_train_step
 

@@ -1,7 +1,6 @@
 """Checkpoints: atomic writes, weights_only loading with an explicit opt-in, arch check, RNG round trip."""
 import os
 import random
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -1,5 +1,4 @@
 """The loops end to end on tiny data: exact resume, appended logs, NaN stop, video-level test, AMP & co."""
-import dataclasses
 import json
 import math
 

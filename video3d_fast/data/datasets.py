@@ -23,7 +23,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import torch
 from torch.utils.data import Dataset
 
-from .annotations import Annotation, canonical_subset
+from .annotations import Annotation
 from .readers import CorruptVideoError, FrameReader, available_frames
 from .temporal import ClipSampler
 

@@ -12,7 +12,6 @@ test        TemporalSubsampling(s) -> SlidingWindow(T, inference_stride) Resize(
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 from typing import Optional
 
 import torch
@@ -42,6 +41,7 @@ __all__ = [
     "build_loader",
     "build_normalize",
     "build_spatial_transform",
+    "load_run_annotation",
     "subset_of_phase",
 ]
 
@@ -96,7 +96,8 @@ def build_normalize(cfg) -> Normalize:
     return Normalize(mean, std, cfg.value_scale, n_channels=cfg.n_input_channels)
 
 
-def _load_checked_annotation(cfg) -> Annotation:
+def load_run_annotation(cfg) -> Annotation:
+    """The run's annotation file, checked against ``--n_classes``."""
     path = cfg.resolved_path("annotation_path")
     if path is None:
         raise ValueError("--annotation_path is required (the annotation JSON of the dataset)")
@@ -123,7 +124,7 @@ def build_dataset(cfg, phase: str, annotation: Optional[Annotation] = None) -> V
     if not video_root.is_dir():
         raise FileNotFoundError(f"--video_path {video_root} does not exist or is not a folder")
     if annotation is None:
-        annotation = _load_checked_annotation(cfg)
+        annotation = load_run_annotation(cfg)
     subset = subset_of_phase(cfg, phase)
     reader = make_reader(cfg.file_type, cfg.input_type)
     listed = annotation.subset(subset)

@@ -15,6 +15,7 @@ are all-reduced, and only rank 0 writes logs, checkpoints and results.
 """
 from __future__ import annotations
 
+import json
 import math
 import random
 import sys
@@ -22,18 +23,17 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, Optional
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..data.annotations import Annotation, load_annotation
-from ..data.pipeline import build_dataset, build_loader, build_normalize, subset_of_phase
+from ..data.annotations import Annotation
+from ..data.pipeline import build_dataset, build_loader, build_normalize, load_run_annotation, subset_of_phase
 from .checkpoint import (
     atomic_save,
-    check_arch,
     load_checkpoint_file,
     load_weights,
     make_checkpoint,
@@ -133,9 +133,7 @@ class Runner:
     @property
     def annotation(self) -> Annotation:
         if self._annotation is None:
-            from ..data.pipeline import _load_checked_annotation
-
-            self._annotation = _load_checked_annotation(self.cfg)
+            self._annotation = load_run_annotation(self.cfg)
         return self._annotation
 
     def _progress(self, iterable, desc: str, total: int):
@@ -360,8 +358,6 @@ class Runner:
         subset = subset_of_phase(cfg, "test")
         out = TestResult(subset, None, len(merged), skipped, merged)
         if write and ctx.is_main and self.result_dir is not None:
-            import json
-
             out.path = self.result_dir / f"{cfg.inference_subset}.json"
             tmp = out.path.with_name(out.path.name + ".tmp")
             tmp.write_text(json.dumps({"results": merged}))
@@ -452,8 +448,8 @@ class Runner:
             if ctx.is_main:
                 loggers["train.log"].log(epoch=epoch, loss=tr.loss, clip_acc=tr.clip_acc, lr=tr.lr,
                                          clips_per_s=tr.clips_per_s, data_s=tr.data_seconds, skipped=tr.skipped)
-                tb and (tb.add_scalar("train/loss", tr.loss, epoch), tb.add_scalar("train/clip_acc", tr.clip_acc, epoch),
-                        tb.add_scalar("train/lr", tr.lr, epoch))
+                for tag, value in (("train/loss", tr.loss), ("train/clip_acc", tr.clip_acc), ("train/lr", tr.lr)):
+                    tb.add_scalar(tag, value, epoch)
             val_loss = None
             if not cfg.no_val:
                 va = self.validate(epoch)
@@ -463,14 +459,16 @@ class Runner:
                 if ctx.is_main:
                     loggers["val.log"].log(epoch=epoch, loss=va.loss, clip_acc=va.clip_acc, clip_acc5=va.clip_acc5,
                                            skipped=va.skipped)
-                    tb and (tb.add_scalar("val/loss", va.loss, epoch), tb.add_scalar("val/clip_acc", va.clip_acc, epoch))
+                    tb.add_scalar("val/loss", va.loss, epoch)
+                    tb.add_scalar("val/clip_acc", va.clip_acc, epoch)
             self.echo(line)
             self.schedule.step_epoch(val_loss)
             if ctx.is_main:
                 state = make_checkpoint(epoch, cfg, self.model, self.optimizer, self.schedule, self.scaler)
-                self.last_good_checkpoint = atomic_save(state, self.result_dir / "last.pth")
+                atomic_save(state, self.result_dir / "last.pth")
                 if epoch % cfg.checkpoint == 0:
                     atomic_save(state, self.result_dir / f"save_{epoch}.pth")
             ctx.barrier()
+            self.last_good_checkpoint = self.result_dir / "last.pth"
         if tb is not None:
             tb.close()
