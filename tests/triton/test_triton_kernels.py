@@ -138,25 +138,29 @@ def test_dgrad_kernel_paths_match_aten(name, blocks, aligned, diag, full):
     assert_close(gx, _aten_grads(x, w, dy, p)[0], torch.float32, "grad input")
 
 
-WGRAD_PATHS = [
-    ("dense", (16, 16, 32, 1), True, False, True),  # rows: 32 channels in 2 tiles; direct write
-    ("dense", (32, 32, 16, 3), False, False, True),  # split-K over 3 position slices
-    ("stem", (16, 16, 32, 2), False, False, True),
-    ("strided", (16, 16, 64, 4), True, False, True),
-    ("grouped", (16, 16, 32, 2), True, True, True),
-    ("grouped", (32, 64, 16, 1), False, True, True),
-    ("grouped_s2", (16, 64, 16, 3), False, True, False),  # rows: 2 groups of Kg=8 per tile, 3 groups
-    ("grouped_s2", (16, 32, 16, 2), True, True, False),
+WGRAD_PATHS = [  # (problem, (block_m, block_n, block_k, split_k), tap_aligned, w_runs, block_diag, full_groups)
+    ("dense", (16, 16, 32, 1), True, False, False, True),  # rows: 32 channels in 2 tiles; direct write
+    ("dense", (32, 32, 16, 3), False, False, False, True),  # split-K over 3 position slices
+    ("stem", (16, 16, 32, 2), False, True, False, True),  # one (t, r) filter row (3x3 columns) per block
+    ("stem", (32, 16, 32, 2), False, False, False, True),  # and the flattened columns, forced (see test)
+    ("strided", (16, 16, 64, 4), True, False, False, True),
+    ("grouped", (16, 16, 32, 2), True, False, True, True),
+    ("grouped", (32, 64, 16, 1), False, False, True, True),
+    ("grouped_s2", (16, 64, 16, 3), False, False, True, False),  # rows: 2 groups of Kg=8 per tile, 3 groups
+    ("grouped_s2", (16, 32, 16, 2), True, False, True, False),
 ]
 
 
-@pytest.mark.parametrize("name,blocks,aligned,diag,full", WGRAD_PATHS)
-def test_wgrad_kernel_paths_match_aten(name, blocks, aligned, diag, full):
+@pytest.mark.parametrize("name,blocks,aligned,runs,diag,full", WGRAD_PATHS)
+def test_wgrad_kernel_paths_match_aten(name, blocks, aligned, runs, diag, full, monkeypatch):
     autotune, _, _, conv3d_wgrad, _ = _kernels()
     x, w, dy, p = _problem(name, layout="ndhwc", seed=2)
     cfg = autotune.KernelConfig(*blocks[:3], split_k=blocks[3])
     tiling, tap_aligned = _tiling(p, cfg, "wgrad")
-    assert (tap_aligned, tiling.block_diagonal, tiling.full_groups) == (aligned, diag, full)
+    if name == "stem" and not runs:
+        monkeypatch.setattr(conv3d_wgrad, "w_runs", lambda *args: False)
+    assert (tap_aligned, conv3d_wgrad.w_runs(p, cfg, tiling), tiling.block_diagonal, tiling.full_groups) == (
+        aligned, runs, diag, full)
     with poison_outputs():
         gw = conv3d_wgrad.conv3d_wgrad(dy, x, w, p, config=cfg)
     assert gw.is_contiguous(memory_format=memory_format_of(w))

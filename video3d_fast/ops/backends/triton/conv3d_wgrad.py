@@ -50,6 +50,7 @@ WGRAD_SHAPE_ARGS = [
 # implicit im2col of the input (the gather of conv3d_fwd, transposed). Block-diagonal entries that
 # pair a channel with another group's filter are computed and dropped. TAP_ALIGNED (CT % BLOCK_N
 # == 0): a column block lies inside one tap, so the gather needs per-position coordinates only.
+# W_RUNS (C=3 stem): a column block is one (t, r) filter row, S*CT columns of one contiguous input run.
 @triton.jit(do_not_specialize=WGRAD_SHAPE_ARGS)
 def conv3d_wgrad_kernel(
     dy_ptr, x_ptr, dst_ptr,
@@ -60,8 +61,8 @@ def conv3d_wgrad_kernel(
     x_sn, x_sd, x_sh, x_sw, x_sc,
     d_split, d_sk, d_sc, d_st, d_sr, d_ss,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    TAP_ALIGNED: tl.constexpr, BLOCK_DIAG: tl.constexpr, FULL_GROUPS: tl.constexpr, EVEN_OUT: tl.constexpr,
-    IS_FP32: tl.constexpr, TF32: tl.constexpr, UPCAST: tl.constexpr,
+    TAP_ALIGNED: tl.constexpr, W_RUNS: tl.constexpr, BLOCK_DIAG: tl.constexpr, FULL_GROUPS: tl.constexpr,
+    EVEN_OUT: tl.constexpr, IS_FP32: tl.constexpr, TF32: tl.constexpr, UPCAST: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -73,18 +74,28 @@ def conv3d_wgrad_kernel(
         oc = tl.max_contiguous(tl.multiple_of(oc, BLOCK_M), BLOCK_M)
     CT = GB * red_per_group
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    if TAP_ALIGNED:
+    if W_RUNS:  # column block = one (t, r) filter row: its S*CT (s, c) pairs, contiguous in an input row
+        t = pid_n // R
+        r = pid_n - t * R
+        s = tl.arange(0, BLOCK_N) // CT
+        cl = tl.arange(0, BLOCK_N) - s * CT
+    elif TAP_ALIGNED:
         tap = (pid_n * BLOCK_N) // CT
         cl = cols - tap * CT
+        t, r, s = split_taps(tap, R, S)
     else:
         tap = cols // CT
         cl = cols - tap * CT
-    t, r, s = split_taps(tap, R, S)
+        t, r, s = split_taps(tap, R, S)
     ch, c_in_group, red_group, col_mask = red_channels(g0, cl, red_per_group, groups, BLOCK_DIAG)
     if TAP_ALIGNED:  # the block's channels start at a multiple of BLOCK_N (CT and g0*Cg are multiples)
         ch = g0 * red_per_group + (pid_n * BLOCK_N - tap * CT) + tl.arange(0, BLOCK_N)
         ch = tl.max_contiguous(tl.multiple_of(ch, BLOCK_N), BLOCK_N)
-    col_mask = col_mask & (cols < T * R * S * CT)
+    if W_RUNS:
+        col_mask = col_mask & (s < S)
+        x_col = s * dil_w * x_sw + ch * x_sc
+    else:
+        col_mask = col_mask & (cols < T * R * S * CT)
 
     p_start = pid_k * positions_per_split
     p_end = tl.minimum(p_start + positions_per_split, P)
@@ -100,7 +111,16 @@ def conv3d_wgrad_kernel(
         else:
             a_mask = row_mask[:, None] & pos_mask[None, :]
         a = tl.load(dy_ptr + y_row[None, :] + (oc * y_sc)[:, None], mask=a_mask, other=0.0)
-        if TAP_ALIGNED:
+        if W_RUNS:
+            id_ = od * str_d - pad_d + t * dil_d
+            ih = oh * str_h - pad_h + r * dil_h
+            bw = ow * str_w - pad_w
+            row_ok = pos_mask & (id_ >= 0) & (id_ < D) & (ih >= 0) & (ih < H)
+            row_off = n.to(tl.int64) * x_sn + id_ * x_sd + ih * x_sh + bw * x_sw
+            iw = bw[:, None] + (s * dil_w)[None, :]
+            b = tl.load(x_ptr + row_off[:, None] + x_col[None, :],
+                        mask=row_ok[:, None] & col_mask[None, :] & (iw >= 0) & (iw < W), other=0.0)
+        elif TAP_ALIGNED:
             if FULL_GROUPS:  # every column of the block is real: a row-only mask keeps loads vectorised
                 b_mask = pos_mask[:, None]
             else:
@@ -172,9 +192,11 @@ _plans: Dict[tuple, LaunchPlan] = {}
 
 def _wgrad_plan(p: Conv3dParams, cfg: KernelConfig, fmt, flags: dict, device: torch.device) -> LaunchPlan:
     tiling = group_tiling(p.groups, p.out_channels_per_group, p.in_channels_per_group, cfg.block_m)
+    runs = w_runs(p, cfg, tiling)
     cols = p.kernel[0] * p.kernel[1] * p.kernel[2] * tiling.red_per_tile
+    col_tiles = p.kernel[0] * p.kernel[1] if runs else cdiv(cols, cfg.block_n)
     positions = p.gemm_m
-    split = wgrad_split(tiling.num_tiles, cdiv(cols, cfg.block_n), positions, cfg, device)
+    split = wgrad_split(tiling.num_tiles, col_tiles, positions, cfg, device)
     per_split = cdiv(cdiv(positions, split), cfg.block_k) * cfg.block_k
     split = cdiv(positions, per_split)
     w_shape = (p.out_channels, p.in_channels_per_group, *p.kernel)
@@ -189,8 +211,15 @@ def _wgrad_plan(p: Conv3dParams, cfg: KernelConfig, fmt, flags: dict, device: to
     )
     constexprs = dict(
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
-        TAP_ALIGNED=tiling.red_per_tile % cfg.block_n == 0, BLOCK_DIAG=tiling.block_diagonal,
+        TAP_ALIGNED=tiling.red_per_tile % cfg.block_n == 0, W_RUNS=runs, BLOCK_DIAG=tiling.block_diagonal,
         FULL_GROUPS=tiling.full_groups, EVEN_OUT=tiling.even_out,
         **flags, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
-    return LaunchPlan(cfg, (tiling.num_tiles, cdiv(cols, cfg.block_n), split), args, constexprs)
+    return LaunchPlan(cfg, (tiling.num_tiles, col_tiles, split), args, constexprs)
+
+
+def w_runs(p: Conv3dParams, cfg: KernelConfig, tiling) -> bool:
+    """Column blocks of one (t, r) filter row (W_RUNS): taps narrower than a column block (the C=3 stem),
+    one group per tile, and the row's S*C columns fit one block."""
+    return (tiling.red_per_tile % cfg.block_n != 0 and not tiling.block_diagonal
+            and p.kernel[2] * tiling.red_per_tile <= cfg.block_n)
