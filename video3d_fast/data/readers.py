@@ -1,6 +1,7 @@
 """Frame readers for the three storages: jpg frame folders, HDF5 files of JPEG bytes, encoded video files.
 
-Every reader returns the requested frames as one uint8 tensor ``[T, C, H, W]`` (RGB; C = 2 for optical flow),
+Every reader returns the requested frames as one uint8 tensor ``[T, C, H, W]`` (RGB; C = 2 for optical flow;
+decoded video comes channels-last, as the decoder lays it out),
 with frames listed in ``indices`` order (repeats allowed: loop padding repeats indices; each distinct frame is
 decoded once). A file that cannot be opened, a JPEG that does not decode, a missing frame file or a video
 that ends well before the requested frames raises :class:`CorruptVideoError`, which the datasets turn into
@@ -84,12 +85,14 @@ def _clamp_to_end(indices: Sequence[int], first: int, last: int, where) -> List[
     return out
 
 
-def _stack(frames: Dict[int, torch.Tensor], indices: Sequence[int], where) -> torch.Tensor:
+def _stack(frames: Dict[int, torch.Tensor], indices: Sequence[int], where, hwc: bool = False) -> torch.Tensor:
+    """``[T, C, H, W]`` of ``frames[i]`` for i in indices; ``hwc`` frames stack into a channels-last view."""
     picked = [frames[i] for i in indices]
     shapes = {tuple(f.shape) for f in picked}
     if len(shapes) != 1:
         raise CorruptVideoError(f"{where}: frames have different sizes {sorted(shapes)}")
-    return torch.stack(picked)
+    out = torch.stack(picked)
+    return out.permute(0, 3, 1, 2) if hwc else out
 
 
 class FrameReader:
@@ -254,8 +257,7 @@ class VideoFileReader(FrameReader):
                 _INHERITED_REFORMATTERS.append(self._reformatter)
             self._reformatter = VideoReformatter()
             self._reformatter_pid = os.getpid()
-        rgb = self._reformatter.reformat(frame, format="rgb24").to_ndarray()
-        return torch.from_numpy(rgb).permute(2, 0, 1)
+        return torch.from_numpy(self._reformatter.reformat(frame, format="rgb24").to_ndarray())  # [H, W, C]
 
     def locate(self, root: Path, label_dir: str, name: str) -> Path:
         base = root / label_dir / name
@@ -304,7 +306,7 @@ class VideoFileReader(FrameReader):
         missing = sorted(set(indices) - frames.keys())
         if missing:
             raise CorruptVideoError(f"{path}: frames {missing[:5]} were not decoded (damaged stream?)")
-        return _stack(frames, indices, path)
+        return _stack(frames, indices, path, hwc=True)  # channels-last [T, C, H, W]: no transposing copy
 
     def _decode(self, path: Path, want_set: set, allow_seek: bool):
         """Decode up to the last wanted frame; return ({index: [C,H,W]} incl. the last decoded frame, its index)."""

@@ -1,10 +1,11 @@
 """Spatial transforms (the authors' set) on uint8 clips, and the batched normalisation.
 
-A clip is a uint8 tensor ``[T, C, H, W]`` (the frames of one sample). Every transform draws its random
-parameters **once per clip** from the ``random.Random`` it is given (the authors' ``randomize_parameters``)
-and applies them to all frames at once: crops are slices, resizes one ``F.interpolate`` over the T frames
-(bilinear with antialiasing, like PIL's), flips one ``flip``. Results stay uint8 (rounded once per resize,
-as PIL does), so batches cross the DataLoader and the host-to-device copy at a quarter of float's size;
+A clip is a uint8 tensor ``[T, C, H, W]`` (the frames of one sample; contiguous or channels-last). Every
+transform draws its random parameters **once per clip** from the ``random.Random`` it is given (the
+authors' ``randomize_parameters``) and applies them to all frames at once: crops are slices, resizes one
+uint8 ``F.interpolate`` over the T frames (bilinear with antialiasing, like PIL's), flips one ``flip``.
+Results stay uint8 (rounded once per resize, as PIL does), so batches cross the DataLoader and the
+host-to-device copy at a quarter of float's size;
 the conversion to float and the mean/std normalisation happen once per batch, on the device, in
 :class:`Normalize`.
 """
@@ -57,11 +58,18 @@ def _pair(size: Size, name: str = "size") -> Tuple[int, int]:
 
 
 def resize_clip(clip: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
-    """Bilinear (antialiased) resize of a uint8 ``[T, C, H, W]`` clip to ``size = (h, w)``; returns uint8."""
+    """Bilinear (antialiased) resize of a uint8 ``[T, C, H, W]`` clip to ``size = (h, w)``; returns uint8.
+
+    Uses torch's uint8 kernel (vectorised, ~10x faster than converting to float on the CPU; fastest on
+    channels-last frames, which is how decoded video frames arrive); devices without it take the float path.
+    """
     if tuple(clip.shape[-2:]) == tuple(size):
         return clip
-    out = F.interpolate(clip.float(), size=size, mode="bilinear", align_corners=False, antialias=True)
-    return out.round_().clamp_(0, 255).to(torch.uint8)
+    try:
+        return F.interpolate(clip, size=size, mode="bilinear", align_corners=False, antialias=True)
+    except (RuntimeError, NotImplementedError):
+        out = F.interpolate(clip.float(), size=size, mode="bilinear", align_corners=False, antialias=True)
+        return out.round_().clamp_(0, 255).to(torch.uint8)
 
 
 def _crop(clip: torch.Tensor, top: int, left: int, h: int, w: int) -> torch.Tensor:
