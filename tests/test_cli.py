@@ -187,3 +187,22 @@ def test_motion_demo_yaml_is_the_demo_s_configuration():
     paths = {"video_path", "annotation_path", "result_path"}
     for key in yaml.safe_load((REPO / "configs" / "motion_demo.yaml").read_text()).keys() - paths:
         assert getattr(yaml_cfg, key) == getattr(demo, key), key
+
+
+def test_root_path_prefixes_relative_paths_only(tmp_path):
+    from video3d_fast.config import Config
+
+    cfg = Config(root_path=str(tmp_path), video_path="jpg", annotation_path="/abs/ann.json", result_path="runs/x")
+    assert cfg.resolved_path("video_path") == tmp_path / "jpg"
+    assert cfg.resolved_path("annotation_path") == Path("/abs/ann.json")
+    assert cfg.resolved_path("resume_path") is None
+
+
+def test_nocrop_test_keeps_full_frames_one_video_per_batch(files, tmp_path):
+    from video3d_fast.train import Runner
+
+    from .train.helpers import tiny_config
+
+    cfg = tiny_config(files, tmp_path / "n", no_train=True, no_val=True, inference=True, inference_crop="nocrop")
+    test = Runner(cfg).run()["test"]
+    assert test.n_videos == 6 and test.top1 is not None

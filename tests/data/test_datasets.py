@@ -161,3 +161,29 @@ def test_sharded_sampler_eval_covers_each_sample_once_and_train_pads_evenly():
     first = list(s)
     s.set_epoch(1)
     assert sorted(list(s)) == list(range(10)) and list(s) != first
+
+
+def test_activitynet_segments_read_from_flat_v_prefixed_folders(tmp_path):
+    import numpy as np
+
+    from .fixtures import random_frames, write_jpg_folder
+
+    frames = random_frames(np.random.default_rng(0), 30, 24, 32)
+    write_jpg_folder(tmp_path / "frames" / "v_vid1", frames)
+    data = {
+        "taxonomy": [{"nodeId": 0, "parentId": None, "nodeName": "Root"},
+                     {"nodeId": 1, "parentId": 0, "nodeName": "Archery"},
+                     {"nodeId": 2, "parentId": 0, "nodeName": "Bowling"}],
+        "database": {"vid1": {"subset": "training", "fps": 10.0, "duration": 3.0,
+                              "annotations": [{"label": "Bowling", "segment": [0.5, 1.2]},
+                                              {"label": "Archery", "segment": [2.0, 2.95]}]}},
+    }
+    ann = write_json(tmp_path / "anet.json", data)
+    cfg = Config(video_path=str(tmp_path / "frames"), annotation_path=str(ann), dataset="activitynet", file_type="jpg",
+                 n_classes=2, sample_size=16, sample_duration=4).validate()
+    ds = build_dataset(cfg, "train")
+    assert [(s.label, s.segment) for s in ds.samples] == [(1, (5, 12)), (0, (20, 30))]
+    for i in range(2):
+        clips, target, video_id, segments = ds[i]
+        b, e = segments[0]
+        assert video_id == "vid1" and ds.samples[i].segment[0] <= b < e <= ds.samples[i].segment[1]

@@ -156,3 +156,12 @@ def test_tensorboard_is_optional(files, tmp_path):
         assert any("TensorBoard scalars skipped" in line for line in lines)
     else:
         assert any(p.name.startswith("events.out.tfevents") for p in (tmp_path / "tb").iterdir())
+
+
+@pytest.mark.slow
+def test_compiled_model_trains_and_saves_plain_keys(files, tmp_path):
+    runner = Runner(tiny_config(files, tmp_path / "c", n_epochs=1, no_val=True, compile=True))
+    summary = runner.run()
+    assert math.isfinite(summary["train"][0].loss)
+    keys = load_checkpoint_file(tmp_path / "c" / "last.pth")["state_dict"].keys()
+    assert keys == runner.model.state_dict().keys() and not any("_orig_mod" in k for k in keys)

@@ -325,6 +325,8 @@ class Runner:
         cfg, ctx = self.cfg, self.ctx
         dataset = build_dataset(cfg, "test", self.annotation)
         videos_per_batch = max(1, (cfg.inference_batch_size or cfg.batch_size) // ctx.world_size)
+        if cfg.inference_crop == "nocrop":
+            videos_per_batch = 1  # uncropped clips of different videos differ in size (the authors' rule too)
         loader = self._loader("test", dataset, videos_per_batch)
         chunk = cfg.max_clips_per_forward or self.batch_per_rank
         model = unwrap_model(self.model)
