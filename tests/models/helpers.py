@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 import os
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import pytest
 import torch
@@ -243,21 +243,24 @@ def outputs_and_grads(net: nn.Module, x: torch.Tensor, grad_seed: int = 5) -> Li
     x = x.clone().requires_grad_(True)
     y = net(x)
     grad = torch.randn(y.shape, generator=torch.Generator().manual_seed(grad_seed), dtype=torch.float64)
-    y.backward(grad.to(y.dtype))
+    y.backward(grad.to(device=y.device, dtype=y.dtype))
     return [y.detach(), x.grad] + [p.grad for p in net.parameters()]
 
 
 def compare_float32_accuracy(make: Callable[[], nn.Module], x: torch.Tensor, backend: str = "cpu",
                              modes: Sequence[str] = ("train", "eval"),
-                             fuse_fn: Optional[Callable[[nn.Module, str], nn.Module]] = None) -> None:
+                             fuse_fn: Optional[Callable[[nn.Module, str], nn.Module]] = None,
+                             device: Union[str, torch.device] = "cpu", factor: float = 2.0,
+                             slack: float = 1e-5) -> None:
     """float32 fused vs float32 unfused, both measured against a float64 run: train-mode BatchNorm backward
     through deep nets amplifies float32 rounding for both paths alike, so elementwise fused-vs-unfused
     tolerances would be meaningless. The fused error (relative norm, per tensor) must stay within twice the
-    unfused one (+1e-5); the output and input gradient within 5 % (a sanity bound against garbage)."""
+    unfused one (``factor`` x, + ``slack``); the output and input gradient within 5 % (a sanity bound)."""
     torch.manual_seed(0)
     base = make().double()
     randomize_batchnorm(base)
-    x64 = x.double()
+    base.to(device)
+    x64 = x.double().to(device)
     for mode in modes:
         base.train(mode == "train")
         gold = outputs_and_grads(copy.deepcopy(base), x64)
@@ -268,6 +271,6 @@ def compare_float32_accuracy(make: Callable[[], nn.Module], x: torch.Tensor, bac
             got = outputs_and_grads(net, x64.float())
             errors[name] = [((g.double() - r).norm() / r.norm().clamp_min(1e-30)).item() for g, r in zip(got, gold)]
         for i, (fused, unfused) in enumerate(zip(errors[backend], errors["torch"])):
-            assert fused <= 2 * unfused + 1e-5, (mode, i, fused, unfused)
+            assert fused <= factor * unfused + slack, (mode, i, fused, unfused)
         assert max(errors[backend][:2]) < 0.05, (mode, errors[backend][:2])
 

@@ -63,7 +63,8 @@ def test_fused_matches_unfused_float64_train_and_eval(model, depth, options):
 @slow
 @pytest.mark.parametrize("model,depth", all_model_depths())
 def test_fused_matches_unfused_every_depth(model, depth):
-    compare_fused_unfused(_maker(model, depth, {}), clip_for(model))
+    # rounding differences grow with depth (R(2+1)D-200 has 270 conv units): 1e-5 for float64
+    compare_fused_unfused(_maker(model, depth, {}), clip_for(model), rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("mode", ["train", "eval"])

@@ -125,5 +125,7 @@ def test_argument_errors():
         conv_layer_shapes(generate_model("resnet", 10, block_inplanes=(4, 8, 8, 16)), n_classes=3)
     with pytest.raises(TypeError, match="model must be a model name"):
         conv_layer_shapes(3)
+    with pytest.raises(ValueError, match="video3d_fast.fuse"):
+        conv_layer_shapes(torch.nn.Sequential(torch.nn.Conv3d(3, 4, 3)))
     with pytest.raises(ValueError, match="model_depth"):
         conv_layer_shapes("resnet", 19)

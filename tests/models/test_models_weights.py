@@ -31,7 +31,7 @@ def _all_entries():
 
 
 def test_every_entry_matches_its_builder_and_metadata():
-    files = set()
+    files, built = set(), {}
     for builder in list_models():
         enum = get_model_weights(builder)
         if enum is None:
@@ -44,11 +44,10 @@ def test_every_entry_matches_its_builder_and_metadata():
             assert w.model_kwargs["n_classes"] == w.meta["num_classes"]
             assert w.checkpoint_format in ("master", "cvpr2018", "torchvision")
             assert isinstance(entry.transforms(), ClipPreprocess)
-            kwargs = dict(w.model_kwargs)
-            with torch.device("meta"):
-                net = generate_model(**kwargs)
-            head = net.fc if hasattr(net, "fc") else net.classifier
-            assert head.out_features == w.meta["num_classes"]
+            arch = tuple(sorted((k, v) for k, v in w.model_kwargs.items() if k != "n_classes"))
+            if arch not in built:  # the options must build the authors' architecture
+                with torch.device("meta"):
+                    built[arch] = generate_model(**dict(arch))
             assert (w.url is None) == (w.checkpoint_format != "torchvision")
     assert len(files) == len({e.file_name for e in _all_entries()}) == 38
 

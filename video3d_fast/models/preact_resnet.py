@@ -19,6 +19,8 @@ __all__ = ["PreActivationBasicBlock", "PreActivationBottleneck", "build_preact_r
 
 
 class PreActivationBasicBlock(BackendMixin, nn.Module):
+    """BN -> ReLU -> conv 3x3x3 (stride s) -> BN -> ReLU -> conv 3x3x3 -> + shortcut(x)."""
+
     expansion = 1
 
     def __init__(self, in_planes: int, planes: int, stride: int = 1, downsample: Optional[nn.Module] = None):
@@ -39,6 +41,8 @@ class PreActivationBasicBlock(BackendMixin, nn.Module):
 
 
 class PreActivationBottleneck(BackendMixin, nn.Module):
+    """BN -> ReLU -> conv 1x1x1 -> BN -> ReLU -> conv 3x3x3 (stride s) -> BN -> ReLU -> conv 1x1x1 -> + shortcut(x)."""
+
     expansion = 4
 
     def __init__(self, in_planes: int, planes: int, stride: int = 1, downsample: Optional[nn.Module] = None):

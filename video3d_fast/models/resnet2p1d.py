@@ -32,6 +32,8 @@ def conv3x1x1(mid_planes: int, planes: int, stride: int = 1) -> nn.Conv3d:
 
 
 class BasicBlock2p1d(BackendMixin, nn.Module):
+    """Two factorised (2+1)D convs, each (1,3,3) -> BN -> ReLU -> (3,1,1) -> BN; + shortcut -> ReLU."""
+
     expansion = 1
 
     def __init__(self, in_planes: int, planes: int, stride: int = 1, downsample: Optional[nn.Module] = None):
@@ -59,6 +61,8 @@ class BasicBlock2p1d(BackendMixin, nn.Module):
 
 
 class Bottleneck2p1d(BackendMixin, nn.Module):
+    """conv 1x1x1 -> BN -> ReLU -> (2+1)D conv (stride s in both parts) -> conv 1x1x1 -> BN -> + shortcut -> ReLU."""
+
     expansion = 4
 
     def __init__(self, in_planes: int, planes: int, stride: int = 1, downsample: Optional[nn.Module] = None):

@@ -50,8 +50,11 @@ def _input_channels(net: nn.Module) -> int:
 def _run_recorded(net: nn.Module, x_shape, linear_macs: Optional[List[int]] = None) -> List[Dict]:
     """Run ``net`` on a meta tensor with backend "torch" (restored afterwards); the recorded conv units."""
     has_units = any(isinstance(m, BackendMixin) for m in net.modules()) or isinstance(net, torch.fx.GraphModule)
-    previous = get_backend(net) if has_units else None
-    if previous is not None and previous != "torch":
+    if not has_units:
+        raise ValueError(f"{type(net).__name__} does not run its convs through conv_bn_act; pass a model of this "
+                         "package or the result of video3d_fast.fuse(model)")
+    previous = get_backend(net)
+    if previous != "torch":
         if previous == "mixed":
             raise ValueError("model has mixed backends; set one with set_backend first")
         set_backend(net, "torch")
@@ -64,14 +67,14 @@ def _run_recorded(net: nn.Module, x_shape, linear_macs: Optional[List[int]] = No
     was_training = net.training
     try:
         net.eval()
-        x = torch.empty(x_shape, device="meta" if device.type == "meta" else device)
+        x = torch.empty(x_shape, device=device)
         with torch.no_grad(), record_conv_units() as units:
             net(x)
     finally:
         net.train(was_training)
         for h in hooks:
             h.remove()
-        if previous is not None and previous != "torch":
+        if previous != "torch":
             set_backend(net, previous)
     return units
 

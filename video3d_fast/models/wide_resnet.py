@@ -14,6 +14,8 @@ WIDE_RESNET_DEPTHS = (50, 101, 152, 200)
 
 
 class WideBottleneck(Bottleneck):
+    """The ResNet bottleneck with expansion 2 (stage outputs 2 x planes)."""
+
     expansion = 2
 
 
