@@ -157,6 +157,8 @@ The authors' master branch (2020) builds only `resnet`, `resnet2p1d` and `widere
    them only to the default CUDA device: fp16/bf16 and other devices failed) and lets gradients through (theirs
    used `out.data`). `shortcut_a_detach=True` restores their gradient-free shortcut for bit-faithful re-training.
 
+Blocks compute their shortcut before the main branch (the fused last conv adds it in its epilogue); values are
+unchanged, only forward hooks see the shortcut modules first.
 Kept on purpose: the authors' module names and registration order (and so their initialisation order: a given
 seed gives their initial weights), the R(2+1)D stem width computed with a literal 3 input channels (their
 checkpoints depend on it), no final BN/ReLU in the pre-activation ResNet, and DenseNet's double initialisation.
