@@ -15,7 +15,7 @@ $(VENV)/.deps: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel ninja
 	$(PY) -m pip install -q $(TORCH_SPEC)
-	$(PY) -m pip install -q av pyyaml tqdm numpy h5py matplotlib pytest hypothesis pytest-benchmark
+	$(PY) -m pip install -q av pyyaml tqdm numpy h5py matplotlib pillow pytest hypothesis pytest-benchmark
 	touch $@
 
 # Builds video3d_fast/_C (CPU kernels, plus CUDA kernels when nvcc is found) and installs the package.

@@ -121,3 +121,26 @@ def test_autocast_runs_fused_ops_in_bfloat16_like_f_conv3d(backend):
     assert y.dtype == plain.dtype == torch.bfloat16
     expected = reference.conv3d_affine_act(x.bfloat16(), w.bfloat16(), scale, shift, res.bfloat16(), **p.conv_kwargs)
     assert_close(y, expected, torch.bfloat16, "autocast output")
+
+
+@pytest.mark.parametrize("backend", ["cpu", "aten"])
+def test_eager_fast_path_and_custom_ops_give_identical_values_and_grads(backend, monkeypatch):
+    """Eager calls run an autograd.Function twin of each custom op (same implementations): both routes
+    must agree bit for bit, gradients and running statistics included."""
+    p = ConvProblem(n=2, c=4, k=6, size=(3, 4, 5), groups=2, residual=True, layout="ndhwc")
+    x, w, scale, shift, res = p.make(torch.Generator().manual_seed(5))
+    results = []
+    for custom_ops in (False, True):
+        monkeypatch.setattr(library, "EAGER_CUSTOM_OPS", custom_ops)
+        leaves = [leaf(t) for t in (x, w, scale, shift, res)]
+        stats = [torch.zeros(6), torch.ones(6), torch.tensor(0)]
+        y1 = ops.conv3d_affine_act(*leaves, backend=backend, **p.conv_kwargs)
+        y2 = ops.conv3d_batchnorm_act(leaves[0], leaves[1], leaves[2], leaves[3], *stats, leaves[4], backend=backend,
+                                      **p.conv_kwargs)
+        y3 = ops.conv3d(leaves[0], leaves[1], leaves[3], backend=backend, **p.conv_kwargs)
+        via_custom_ops = "video3d_fast" in type(y1.grad_fn).__name__
+        assert via_custom_ops == custom_ops, type(y1.grad_fn).__name__
+        (y1.square().sum() + y2.square().sum() + y3.square().sum()).backward()
+        results.append([y1, y2, y3, *[t.grad for t in leaves], *stats])
+    for a, b in zip(*results):
+        assert torch.equal(a, b)

@@ -13,7 +13,7 @@ import torch
 
 from . import reference
 from .backends import resolve_backend
-from .library import conv3d_affine_act_op, conv3d_batchnorm_act_op, conv3d_op
+from . import library
 from .params import (
     IntOr3,
     check_activation,
@@ -70,7 +70,7 @@ def conv3d(
     name = resolve_backend(backend, input.device)
     if name == "torch":
         return reference.conv3d(input, weight, bias, p.stride, p.padding, p.dilation, p.groups)
-    return conv3d_op(input, weight, bias, *p.as_conv_args(), name)
+    return library.conv3d(input, weight, bias, *p.as_conv_args(), name)
 
 
 def conv3d_affine_act(
@@ -107,7 +107,7 @@ def conv3d_affine_act(
             input, weight, scale, shift, residual, p.stride, p.padding, p.dilation, p.groups, activation
         )
     save_conv_out = torch.is_grad_enabled() and scale.requires_grad
-    out, _ = conv3d_affine_act_op(
+    out, _ = library.conv3d_affine_act(
         input, weight, scale, shift, residual, *p.as_conv_args(), relu, save_conv_out, name
     )
     return out
@@ -170,7 +170,7 @@ def conv3d_batchnorm_act(
         bn_weight = torch.ones(p.out_channels, dtype=stat_dtype, device=input.device)
     if bn_bias is None:
         bn_bias = torch.zeros(p.out_channels, dtype=stat_dtype, device=input.device)
-    out, _, mean, var = conv3d_batchnorm_act_op(
+    out, _, mean, var = library.conv3d_batchnorm_act(
         input, weight, bn_weight, bn_bias, residual, *p.as_conv_args(), float(eps), relu, name
     )
     if running_mean is not None and running_var is not None:

@@ -8,9 +8,16 @@ autograd, ``torch.compile(fullgraph=True)`` (which traces forward and backward t
 
 Running BatchNorm statistics are updated by the caller (``functional.py``) from the (mean, var) the
 training-form op returns: torch.library forbids autograd on ops that mutate their inputs.
+
+Eager fast path: a call through a Python custom op costs ~0.1 ms of host time (several Python <-> C++
+dispatcher crossings), more than many GPU layers take. Outside torch.compile, :func:`conv3d`,
+:func:`conv3d_affine_act` and :func:`conv3d_batchnorm_act` therefore run each op's *same* forward and
+backward implementations through an ``autograd.Function`` twin with the *same* setup/backward code;
+under torch.compile (and with ``VIDEO3D_FAST_EAGER_CUSTOM_OPS=1``) they call the custom ops.
 """
 from __future__ import annotations
 
+import os
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -38,10 +45,15 @@ def _or_empty(t: Optional[Tensor], like: Tensor) -> Tensor:
 def _unaliased(outputs, inputs) -> tuple:
     """Custom ops may not return (views of) their inputs: a backend may legitimately hand back e.g. the
     incoming gradient as the residual's gradient, so copy such outputs."""
-    storages = {t.untyped_storage().data_ptr() for t in inputs if isinstance(t, Tensor) and t.numel()}
-    return tuple(
-        o.clone() if o.numel() and o.untyped_storage().data_ptr() in storages else o for o in outputs
-    )
+    # data_ptr equality catches the tensor itself and views starting at its first element, which is
+    # what backends hand back (a no-op .contiguous()/.to() returns its input).
+    pointers = {t.data_ptr() for t in inputs if isinstance(t, Tensor) and t.numel()}
+    return tuple(o.clone() if o.numel() and o.data_ptr() in pointers else o for o in outputs)
+
+
+def _backward_call(ctx, op, impl, *args):
+    """The backward custom op, or (eager twin) its implementation directly."""
+    return impl(*args) if getattr(ctx, "eager", False) else op(*args)
 
 
 def _none_if_empty(t: Tensor, wanted: bool) -> Optional[Tensor]:
@@ -63,8 +75,7 @@ def _fake_grad_like(t: Tensor, wanted: bool) -> Tensor:
 # ------------------------------------------------------------------------------------------------
 # conv3d
 # ------------------------------------------------------------------------------------------------
-@torch.library.custom_op(f"{NAMESPACE}::conv3d", mutates_args=())
-def conv3d_op(
+def _conv3d_impl(
     input: Tensor,
     weight: Tensor,
     bias: Optional[Tensor],
@@ -78,13 +89,15 @@ def conv3d_op(
     return _unaliased((get_backend(backend).conv3d_forward(input, weight, bias, p),), (input, weight, bias))[0]
 
 
+conv3d_op = torch.library.custom_op(f"{NAMESPACE}::conv3d", _conv3d_impl, mutates_args=())
+
+
 @conv3d_op.register_fake
 def _(input, weight, bias, stride, padding, dilation, groups, backend):
     return _fake_out(input, _params(input, weight, stride, padding, dilation, groups))
 
 
-@torch.library.custom_op(f"{NAMESPACE}::conv3d_backward", mutates_args=())
-def conv3d_backward_op(
+def _conv3d_backward_impl(
     grad_output: Tensor,
     input: Tensor,
     weight: Tensor,
@@ -100,6 +113,9 @@ def conv3d_backward_op(
         memory_format=memory_format_of(input)), input, weight, p, output_mask)
     return _unaliased((_or_empty(gx, input), _or_empty(gw, weight), _or_empty(gb, weight)),
                       (grad_output, input, weight))
+
+
+conv3d_backward_op = torch.library.custom_op(f"{NAMESPACE}::conv3d_backward", _conv3d_backward_impl, mutates_args=())
 
 
 @conv3d_backward_op.register_fake
@@ -118,7 +134,8 @@ def _conv3d_backward(ctx, grad):
     input, weight = ctx.saved_tensors
     stride, padding, dilation, groups, backend = ctx.conv
     mask = [bool(m) for m in ctx.needs_input_grad[:3]]
-    gx, gw, gb = conv3d_backward_op(grad, input, weight, stride, padding, dilation, groups, mask, backend)
+    gx, gw, gb = _backward_call(ctx, conv3d_backward_op, _conv3d_backward_impl,
+                                grad, input, weight, stride, padding, dilation, groups, mask, backend)
     return (
         _none_if_empty(gx, mask[0]), _none_if_empty(gw, mask[1]), _none_if_empty(gb, mask[2]),
         None, None, None, None, None,
@@ -131,8 +148,7 @@ conv3d_op.register_autograd(_conv3d_backward, setup_context=_conv3d_setup)
 # ------------------------------------------------------------------------------------------------
 # inference form: act(conv3d(x, w) * scale + shift [+ residual])
 # ------------------------------------------------------------------------------------------------
-@torch.library.custom_op(f"{NAMESPACE}::conv3d_affine_act", mutates_args=())
-def conv3d_affine_act_op(
+def _affine_impl(
     input: Tensor,
     weight: Tensor,
     scale: Tensor,
@@ -155,14 +171,16 @@ def conv3d_affine_act_op(
                       (input, weight, scale, shift, residual))
 
 
+conv3d_affine_act_op = torch.library.custom_op(f"{NAMESPACE}::conv3d_affine_act", _affine_impl, mutates_args=())
+
+
 @conv3d_affine_act_op.register_fake
 def _(input, weight, scale, shift, residual, stride, padding, dilation, groups, relu, save_conv_out, backend):
     p = _params(input, weight, stride, padding, dilation, groups)
     return _fake_out(input, p), (_fake_out(input, p) if save_conv_out else _empty(input))
 
 
-@torch.library.custom_op(f"{NAMESPACE}::conv3d_affine_act_backward", mutates_args=())
-def conv3d_affine_act_backward_op(
+def _affine_backward_impl(
     grad_output: Tensor,
     out: Tensor,
     conv_out: Tensor,
@@ -187,6 +205,9 @@ def conv3d_affine_act_backward_op(
     likes = (input, weight, scale, scale, input)
     return _unaliased((_or_empty(g, like) for g, like in zip(grads, likes)),
                       (grad_output, out, conv_out, input, weight, scale))
+
+
+conv3d_affine_act_backward_op = torch.library.custom_op(f"{NAMESPACE}::conv3d_affine_act_backward", _affine_backward_impl, mutates_args=())
 
 
 @conv3d_affine_act_backward_op.register_fake
@@ -214,9 +235,9 @@ def _affine_backward(ctx, grad_out, _grad_conv_out):
     out, conv_out, input, weight, scale = ctx.saved_tensors
     stride, padding, dilation, groups, relu, backend = ctx.conv
     mask = [bool(m) for m in ctx.needs_input_grad[:5]]
-    grads = conv3d_affine_act_backward_op(
-        grad_out, out, conv_out, input, weight, scale, stride, padding, dilation, groups, relu, mask, backend
-    )
+    grads = _backward_call(ctx, conv3d_affine_act_backward_op, _affine_backward_impl,
+                           grad_out, out, conv_out, input, weight, scale, stride, padding, dilation, groups,
+                           relu, mask, backend)
     return tuple(_none_if_empty(g, m) for g, m in zip(grads, mask)) + (None,) * 7
 
 
@@ -226,8 +247,7 @@ conv3d_affine_act_op.register_autograd(_affine_backward, setup_context=_affine_s
 # ------------------------------------------------------------------------------------------------
 # training form: act(batchnorm_train(conv3d(x, w)) [+ residual])
 # ------------------------------------------------------------------------------------------------
-@torch.library.custom_op(f"{NAMESPACE}::conv3d_batchnorm_act", mutates_args=())
-def conv3d_batchnorm_act_op(
+def _bn_impl(
     input: Tensor,
     weight: Tensor,
     bn_weight: Tensor,
@@ -247,6 +267,9 @@ def conv3d_batchnorm_act_op(
     return _unaliased(outputs, (input, weight, bn_weight, bn_bias, residual))
 
 
+conv3d_batchnorm_act_op = torch.library.custom_op(f"{NAMESPACE}::conv3d_batchnorm_act", _bn_impl, mutates_args=())
+
+
 @conv3d_batchnorm_act_op.register_fake
 def _(input, weight, bn_weight, bn_bias, residual, stride, padding, dilation, groups, eps, relu, backend):
     p = _params(input, weight, stride, padding, dilation, groups)
@@ -254,8 +277,7 @@ def _(input, weight, bn_weight, bn_bias, residual, stride, padding, dilation, gr
     return _fake_out(input, p), _fake_out(input, p), stats, torch.empty_like(stats)
 
 
-@torch.library.custom_op(f"{NAMESPACE}::conv3d_batchnorm_act_backward", mutates_args=())
-def conv3d_batchnorm_act_backward_op(
+def _bn_backward_impl(
     grad_output: Tensor,
     out: Tensor,
     conv_out: Tensor,
@@ -285,6 +307,9 @@ def conv3d_batchnorm_act_backward_op(
                       (grad_output, out, conv_out, mean, var, input, weight, bn_weight))
 
 
+conv3d_batchnorm_act_backward_op = torch.library.custom_op(f"{NAMESPACE}::conv3d_batchnorm_act_backward", _bn_backward_impl, mutates_args=())
+
+
 @conv3d_batchnorm_act_backward_op.register_fake
 def _(grad_output, out, conv_out, mean, var, input, weight, bn_weight, stride, padding, dilation, groups,
       eps, relu, output_mask, backend):
@@ -310,14 +335,60 @@ def _bn_backward(ctx, grad_out, _g_conv_out, _g_mean, _g_var):
     out, conv_out, mean, var, input, weight, bn_weight = ctx.saved_tensors
     stride, padding, dilation, groups, eps, relu, backend = ctx.conv
     mask = [bool(m) for m in ctx.needs_input_grad[:5]]
-    grads = conv3d_batchnorm_act_backward_op(
-        grad_out, out, conv_out, mean, var, input, weight, bn_weight, stride, padding, dilation, groups,
-        eps, relu, mask, backend,
-    )
+    grads = _backward_call(ctx, conv3d_batchnorm_act_backward_op, _bn_backward_impl,
+                           grad_out, out, conv_out, mean, var, input, weight, bn_weight, stride, padding,
+                           dilation, groups, eps, relu, mask, backend)
     return tuple(_none_if_empty(g, m) for g, m in zip(grads, mask)) + (None,) * 7
 
 
 conv3d_batchnorm_act_op.register_autograd(_bn_backward, setup_context=_bn_setup)
+
+
+# ------------------------------------------------------------------------------------------------
+# eager fast path: autograd.Function twins of the forward ops, and the entry points functional.py calls
+# ------------------------------------------------------------------------------------------------
+def _eager_twin(name: str, forward_impl, setup, backward) -> type:
+    # forward(ctx, ...) rather than setup_context: the latter binds inspect.signature on every call.
+    def forward(ctx, *args):
+        output = forward_impl(*args)
+        ctx.eager = True
+        setup(ctx, args, output)
+        return output
+
+    return type(name, (torch.autograd.Function,), {
+        "forward": staticmethod(forward),
+        "backward": staticmethod(backward),
+        "__doc__": f"Eager twin of the {name} custom op (same implementation, no dispatcher round trips).",
+    })
+
+
+_Conv3dEager = _eager_twin("Conv3dEager", _conv3d_impl, _conv3d_setup, _conv3d_backward)
+_AffineActEager = _eager_twin("Conv3dAffineActEager", _affine_impl, _affine_setup, _affine_backward)
+_BatchNormActEager = _eager_twin("Conv3dBatchNormActEager", _bn_impl, _bn_setup, _bn_backward)
+
+
+EAGER_CUSTOM_OPS = os.environ.get("VIDEO3D_FAST_EAGER_CUSTOM_OPS", "0") == "1"
+
+
+def use_custom_ops() -> bool:
+    """True under torch.compile (the ops must be traceable) or with VIDEO3D_FAST_EAGER_CUSTOM_OPS=1
+    (read at import; tests flip ``library.EAGER_CUSTOM_OPS``)."""
+    return EAGER_CUSTOM_OPS or torch.compiler.is_compiling()
+
+
+def conv3d(*args) -> Tensor:
+    """Same arguments as the ``video3d_fast::conv3d`` custom op."""
+    return conv3d_op(*args) if use_custom_ops() else _Conv3dEager.apply(*args)
+
+
+def conv3d_affine_act(*args) -> Tuple[Tensor, Tensor]:
+    """Same arguments and outputs as the ``video3d_fast::conv3d_affine_act`` custom op."""
+    return conv3d_affine_act_op(*args) if use_custom_ops() else _AffineActEager.apply(*args)
+
+
+def conv3d_batchnorm_act(*args) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Same arguments and outputs as the ``video3d_fast::conv3d_batchnorm_act`` custom op."""
+    return conv3d_batchnorm_act_op(*args) if use_custom_ops() else _BatchNormActEager.apply(*args)
 
 
 def op_overloads() -> Sequence:

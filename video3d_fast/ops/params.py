@@ -120,6 +120,14 @@ def resolve_padding(padding, kernel: Triple, dilation: Triple, stride: Triple) -
     return triple(padding, "padding")
 
 
+_PARAMS_CACHE: dict = {}
+_PARAMS_CACHE_SIZE = 4096
+
+
+def _hashable(v):
+    return tuple(v) if isinstance(v, list) else v
+
+
 def make_params(
     input: torch.Tensor,
     weight: torch.Tensor,
@@ -133,7 +141,34 @@ def make_params(
     Raises TypeError/ValueError with a message naming the offending argument: wrong ndim,
     channels not matching weight x groups, non-positive stride/dilation, negative padding,
     output size < 1, dtype mixes, tensors on different devices.
+
+    Everything checked depends only on shapes, dtypes, devices and the conv arguments, so eager calls
+    memoise the result per such key (validation was a visible share of a small layer's host time).
     """
+    if torch.compiler.is_compiling() or not (isinstance(input, torch.Tensor) and isinstance(weight, torch.Tensor)):
+        return _make_params_uncached(input, weight, stride, padding, dilation, groups)
+    try:
+        key = (input.shape, weight.shape, input.dtype, weight.dtype, input.device, weight.device,
+               _hashable(stride), _hashable(padding), _hashable(dilation), groups)
+        hit = _PARAMS_CACHE.get(key)
+    except TypeError:  # an unhashable argument: let the full check report it
+        return _make_params_uncached(input, weight, stride, padding, dilation, groups)
+    if hit is None:
+        hit = _make_params_uncached(input, weight, stride, padding, dilation, groups)
+        if len(_PARAMS_CACHE) >= _PARAMS_CACHE_SIZE:
+            _PARAMS_CACHE.clear()
+        _PARAMS_CACHE[key] = hit
+    return hit
+
+
+def _make_params_uncached(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    stride: IntOr3 = 1,
+    padding: Union[IntOr3, str] = 0,
+    dilation: IntOr3 = 1,
+    groups: int = 1,
+) -> Conv3dParams:
     _check_tensor(input, "input")
     _check_tensor(weight, "weight")
     if input.dim() != 5:
@@ -234,6 +269,24 @@ def check_activation(activation: str) -> bool:
 
 def params_from_lists(input_shape, weight_shape, stride, padding, dilation, groups) -> Conv3dParams:
     """Rebuild params inside custom ops, whose schema carries plain int lists (already validated)."""
+    if not torch.compiler.is_compiling():
+        key = (tuple(input_shape), tuple(weight_shape), tuple(stride), tuple(padding), tuple(dilation), groups)
+        try:
+            hit = _PARAMS_FROM_LISTS_CACHE.get(key)
+        except TypeError:  # symbolic sizes (fake tensors with dynamic shapes) are not hashable
+            return _params_from_lists(input_shape, weight_shape, stride, padding, dilation, groups)
+        if hit is None:
+            if len(_PARAMS_FROM_LISTS_CACHE) >= _PARAMS_CACHE_SIZE:
+                _PARAMS_FROM_LISTS_CACHE.clear()
+            hit = _PARAMS_FROM_LISTS_CACHE[key] = _params_from_lists(*key)
+        return hit
+    return _params_from_lists(input_shape, weight_shape, stride, padding, dilation, groups)
+
+
+_PARAMS_FROM_LISTS_CACHE: dict = {}
+
+
+def _params_from_lists(input_shape, weight_shape, stride, padding, dilation, groups) -> Conv3dParams:
     return Conv3dParams(
         batch=int(input_shape[0]),
         in_channels=int(input_shape[1]),

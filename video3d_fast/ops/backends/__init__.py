@@ -101,9 +101,19 @@ def _resolve(requested: str, device_type: str) -> str:
     return requested
 
 
+_resolved: Dict[tuple, str] = {}
+
+
 def resolve_backend(requested: str, device: torch.device) -> str:
     """Concrete backend name for ``requested`` ("auto" or a name) on ``device``; raises with the reason
-    when an explicitly requested backend cannot run."""
+    when an explicitly requested backend cannot run. Eager answers are memoised per (request, device
+    type, TRITON_INTERPRET), the only inputs that change them within a process."""
     if not isinstance(requested, str):
         raise TypeError(f"backend must be a string, got {type(requested).__name__}")
-    return _resolve(requested, device.type)
+    if torch.compiler.is_compiling():
+        return _resolve(requested, device.type)
+    key = (requested, device.type, os.environ.get("TRITON_INTERPRET"))
+    name = _resolved.get(key)
+    if name is None:
+        name = _resolved[key] = _resolve(requested, device.type)
+    return name
