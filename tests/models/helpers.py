@@ -4,7 +4,6 @@ fused-vs-unfused comparison."""
 from __future__ import annotations
 
 import copy
-import os
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import pytest
@@ -13,13 +12,9 @@ import torch.nn as nn
 
 from video3d_fast.models import set_backend
 
-RUN_SLOW = os.environ.get("VIDEO3D_FAST_RUN_SLOW") == "1"
-
-
 def slow(test):
-    """``@pytest.mark.slow``, and skipped unless VIDEO3D_FAST_RUN_SLOW=1 (the suite's time budget is small)."""
-    skip = pytest.mark.skipif(not RUN_SLOW, reason="slow; set VIDEO3D_FAST_RUN_SLOW=1 to run")
-    return pytest.mark.slow(skip(test))
+    """``@pytest.mark.slow``: skipped unless VIDEO3D_FAST_RUN_SLOW=1 (tests/conftest.py)."""
+    return pytest.mark.slow(test)
 
 Shape = Tuple[int, ...]
 RESNET_BLOCKS = {10: (1, 1, 1, 1), 18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3),
