@@ -4,8 +4,8 @@ ResNeXt-101 at 16x112x112 input.
 
     python benchmarks/bench_cpu_ops.py [--batch 2 4 8] [--out DIR] [--quick] [--layout ndhwc|ncdhw]
 
-Eager and fused runs are interleaved round by round and each keeps its fastest round, so background
-load on the machine biases neither side. Shapes come from the models (unique_conv_shapes). The same
+Eager and fused runs alternate round by round and the speedup is the median of the per-round ratios
+(with its 10th/90th percentiles), so drifting background load biases neither side. Shapes come from the models (unique_conv_shapes). The same
 cases serve the pytest-benchmark file benchmarks/test_bench_cpu_ops.py.
 """
 from __future__ import annotations
@@ -75,21 +75,28 @@ def make_pair(case: dict, layout: str = "ndhwc") -> Tuple[Callable[[], torch.Ten
     return eager, fused
 
 
-def interleaved_min(fns: Dict[str, Callable[[], object]], rounds: int, min_seconds: float) -> Dict[str, float]:
-    best = {name: float("inf") for name in fns}
+def interleaved_rounds(fns: Dict[str, Callable[[], object]], rounds: int, min_seconds: float,
+                       max_rounds: int = 400) -> Dict[str, List[float]]:
+    """Per-round times (ms) of each function, run alternately so that drift in the machine's load
+    affects all of them alike; at least `rounds` rounds and `min_seconds`, at most `max_rounds`."""
+    times: Dict[str, List[float]] = {name: [] for name in fns}
     for fn in fns.values():  # warm-up: oneDNN primitive creation, allocator
         fn()
     start = time.perf_counter()
-    r = 0
-    while r < rounds or time.perf_counter() - start < min_seconds:
+    while len(times[next(iter(fns))]) < max_rounds:
         for name, fn in fns.items():
             t0 = time.perf_counter()
             fn()
-            best[name] = min(best[name], (time.perf_counter() - t0) * 1e3)
-        r += 1
-        if r >= 4 * rounds:
+            times[name].append((time.perf_counter() - t0) * 1e3)
+        n = len(times[next(iter(fns))])
+        if n >= rounds and time.perf_counter() - start >= min_seconds:
             break
-    return best
+    return times
+
+
+def _quantile(values: List[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def main(argv=None) -> int:
@@ -109,25 +116,32 @@ def main(argv=None) -> int:
         for case in cases(batches):
             eager, fused = make_pair(case, args.layout)
             err = ((fused() - eager()).norm() / eager().norm()).item()
-            best = interleaved_min({"eager": eager, "fused": fused}, rounds=3 if args.quick else 5,
-                                   min_seconds=0.5 if args.quick else 2.0)
+            t = interleaved_rounds({"eager": eager, "fused": fused}, rounds=5 if args.quick else 15,
+                                   min_seconds=0.5 if args.quick else 3.0)
+            ratios = [e / f for e, f in zip(t["eager"], t["fused"])]  # per round: same load for both
             row = dict(model=case["model"], layer=case["name"], count=case["count"], batch=case["batch"],
                        shape=f"{case['in_channels']}x{'x'.join(map(str, case['in_size']))} "
                              f"s{case['stride'][0]} g{case['groups']} -> {case['out_channels']}",
-                       follow=case.get("followed_by", ""), eager_ms=best["eager"], fused_ms=best["fused"],
-                       speedup=best["eager"] / best["fused"], rel_err=err)
+                       follow=case.get("followed_by", ""), eager_ms=min(t["eager"]), fused_ms=min(t["fused"]),
+                       speedup=_quantile(ratios, 0.5), speedup_p10=_quantile(ratios, 0.1),
+                       speedup_p90=_quantile(ratios, 0.9), rounds=len(ratios), rel_err=err)
             rows.append(row)
             print(f"{row['model']:11s} b{row['batch']} {row['shape']:28s} {row['follow']:12s} eager "
-                  f"{row['eager_ms']:8.2f} ms fused {row['fused_ms']:8.2f} ms  x{row['speedup']:.2f}", flush=True)
+                  f"{row['eager_ms']:8.2f} ms fused {row['fused_ms']:8.2f} ms  x{row['speedup']:.2f} "
+                  f"[{row['speedup_p10']:.2f}, {row['speedup_p90']:.2f}] n={row['rounds']}", flush=True)
     speedups = [r["speedup"] for r in rows]
+    clearly_slower = [r for r in rows if r["speedup_p90"] < 1.0]
     notes = [
-        f"layout {args.layout}, fp32, {torch.get_num_threads()} threads; best of interleaved rounds",
-        f"**speedup fused/eager: min {min(speedups):.2f}x, max {max(speedups):.2f}x, "
-        f"faster on {sum(s > 1.0 for s in speedups)}/{len(speedups)} shapes**",
+        f"layout {args.layout}, fp32, {torch.get_num_threads()} threads. eager/fused_ms: fastest round; speedup: "
+        "median over interleaved rounds of eager time / fused time in the same round, [p10, p90] beside it",
+        f"**median speedup fused vs eager: min {min(speedups):.2f}x, max {max(speedups):.2f}x, "
+        f">= 1.0 on {sum(s >= 1.0 for s in speedups)}/{len(speedups)} shapes; slower in 90% of rounds on "
+        f"{len(clearly_slower)} shapes**",
     ]
     path = write_results(results_dir(args.out), f"cpu_ops_{args.layout}", environment(), rows,
                          ["model", "layer", "count", "batch", "shape", "follow", "eager_ms", "fused_ms", "speedup",
-                          "rel_err"], "Fused inference op on the cpu backend vs torch eager", notes)
+                          "speedup_p10", "speedup_p90", "rounds", "rel_err"],
+                         "Fused inference op on the cpu backend vs torch eager", notes)
     print("\n".join(notes))
     print(f"wrote {path}")
     return 0

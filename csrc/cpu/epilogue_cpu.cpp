@@ -26,6 +26,10 @@ namespace {
 
 using at::vec::Vectorized;
 
+// Elementwise passes split into tasks of at least this many elements: below it, waking the thread
+// pool costs more than the pass itself (a 100K-element epilogue takes ~20 us on one core).
+constexpr int64_t kGrainElements = 65536;
+
 template <typename T>
 using opmath_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
 
@@ -87,7 +91,7 @@ void affine_act_kernel(const T* c, const opmath_t<T>* a, const opmath_t<T>* b, c
   constexpr int64_t kStep = IO::kStep;
   if (L.inner == 1) {
     const int64_t C = L.channels;
-    at::parallel_for(0, L.outer, std::max<int64_t>(1, 16384 / C), [&](int64_t r0, int64_t r1) {
+    at::parallel_for(0, L.outer, std::max<int64_t>(1, kGrainElements / C), [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
         const int64_t base = r * C;
         int64_t j = 0;
@@ -106,7 +110,7 @@ void affine_act_kernel(const T* c, const opmath_t<T>* a, const opmath_t<T>* b, c
     });
   } else {
     const int64_t S = L.inner, C = L.channels;
-    at::parallel_for(0, L.outer * C, std::max<int64_t>(1, 16384 / S), [&](int64_t p0, int64_t p1) {
+    at::parallel_for(0, L.outer * C, std::max<int64_t>(1, kGrainElements / S), [&](int64_t p0, int64_t p1) {
       for (int64_t p = p0; p < p1; ++p) {
         const int64_t ch = p % C, base = p * S;
         const V av(a[ch]), bv(b[ch]);
@@ -319,12 +323,12 @@ void grad_apply_kernel(const T* g, const T* out, const T* c, const opmath_t<T>* 
     }
   };
   if (L.inner == 1) {
-    at::parallel_for(0, L.outer, std::max<int64_t>(1, 16384 / C), [&](int64_t r0, int64_t r1) {
+    at::parallel_for(0, L.outer, std::max<int64_t>(1, kGrainElements / C), [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) segment(r * C, C, -1);
     });
   } else {
     const int64_t S = L.inner;
-    at::parallel_for(0, L.outer * C, std::max<int64_t>(1, 16384 / S), [&](int64_t p0, int64_t p1) {
+    at::parallel_for(0, L.outer * C, std::max<int64_t>(1, kGrainElements / S), [&](int64_t p0, int64_t p1) {
       for (int64_t p = p0; p < p1; ++p) segment(p * S, S, p % C);
     });
   }
