@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from video3d_fast import ops
-from video3d_fast.ops import library, reference
+from video3d_fast.ops import functional, library, reference
 
 from .helpers import ConvProblem, assert_close, leaf
 
@@ -144,3 +144,30 @@ def test_eager_fast_path_and_custom_ops_give_identical_values_and_grads(backend,
         results.append([y1, y2, y3, *[t.grad for t in leaves], *stats])
     for a, b in zip(*results):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "aten"])
+def test_inference_calls_without_autograd_match_the_custom_op_bit_for_bit(backend, monkeypatch):
+    """No-grad eager calls of the inference form go straight to the backend (validated arguments
+    memoised): same values as the custom op, on repeated calls too."""
+    p = ConvProblem(n=2, c=4, k=6, size=(3, 4, 5), groups=2, residual=True, layout="ndhwc")
+    x, w, scale, shift, res = p.make(torch.Generator().manual_seed(6))
+    monkeypatch.setattr(library, "EAGER_CUSTOM_OPS", True)
+    expected = ops.conv3d_affine_act(x, w, scale, shift, res, backend=backend, **p.conv_kwargs)
+    monkeypatch.setattr(library, "EAGER_CUSTOM_OPS", False)
+    monkeypatch.setattr(functional, "_AFFINE_PLANS", {})
+    with torch.no_grad():
+        y = ops.conv3d_affine_act(x, w, scale, shift, res, backend=backend, **p.conv_kwargs)
+        assert torch.equal(y, expected)
+        (plan,) = functional._AFFINE_PLANS.values()
+        runs = []
+        run = plan.run
+        plan.run = lambda *a: runs.append(1) or run(*a)
+        y = ops.conv3d_affine_act(x, w, scale, shift, res, backend=backend, **p.conv_kwargs)
+    assert runs == [1], "the second no-grad call did not take the memoised plan"
+    assert torch.equal(y, expected)
+    assert y.is_contiguous(memory_format=torch.channels_last_3d)
+    # With autograd needed, the memoised checks still lead to the differentiable op.
+    leaves = [leaf(t) for t in (x, w, scale, shift, res)]
+    y = ops.conv3d_affine_act(*leaves, backend=backend, **p.conv_kwargs)
+    assert y.grad_fn is not None and torch.equal(y.detach(), expected) and runs == [1]

@@ -62,6 +62,26 @@ def test_affine_act_rejects_bad_input_with_clear_error(overrides, error, message
         affine(**overrides)
 
 
+@pytest.mark.parametrize("backend", ["torch", "cpu"])
+def test_memoised_validation_of_a_good_call_lets_no_bad_call_through(backend):
+    """Eager calls skip the checks for argument signatures that passed them before: a call differing
+    in any checked property must still be checked."""
+    affine(backend=backend)  # validated and memoised
+    with pytest.raises(ValueError, match="scale must have shape"):
+        affine(scale=torch.ones(7), backend=backend)
+    with pytest.raises(TypeError, match="residual dtype"):
+        affine(residual=torch.randn(2, 8, 5, 6, 7).double(), backend=backend)
+    with pytest.raises(ValueError, match="output size"):
+        affine(input=torch.randn(2, 4, 1, 1, 1), padding=0, backend=backend)
+    with pytest.raises(ValueError, match="activation must be one of"):
+        affine(activation="gelu", backend=backend)
+    with pytest.raises(TypeError, match="input must be a torch.Tensor"):
+        affine(input=X.numpy(), backend=backend)
+    for _ in range(2):  # list arguments cannot key a memo: they are checked every time
+        with pytest.raises(ValueError, match="padding must be >= 0"):
+            affine(padding=[1, -1, 1], backend=backend)
+
+
 @pytest.mark.parametrize(
     "overrides, error, message",
     [

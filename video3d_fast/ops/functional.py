@@ -12,7 +12,7 @@ from typing import Optional, Tuple, Union
 import torch
 
 from . import reference
-from .backends import resolve_backend
+from .backends import get_backend, resolve_backend
 from . import library
 from .params import (
     IntOr3,
@@ -39,6 +39,23 @@ def _autocast(*tensors: Optional[torch.Tensor]):
         t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() and t.dtype != torch.float64 else t
         for t in tensors
     )
+
+
+# Eager inference plans. Everything the argument checks of conv3d_affine_act look at is a shape, dtype
+# or device, or a scalar argument, so per such key the checks run once; the plan keeps their result and
+# the backend's runner (kernel and argument lists bound). Host time matters: on a 1 ms CPU layer the
+# checks and the op-argument round trip were several percent, right after a kernel that evicted the
+# interpreter's caches. Keys compare with ==, so stride=1.0 may meet stride=1's plan: the same conv.
+_AFFINE_PLANS: dict = {}
+_PLANS_MAX = 4096
+
+
+class _AffinePlan:
+    __slots__ = ("params", "relu", "backend", "run")
+
+    def __init__(self, params, relu: bool, backend: str):
+        self.params, self.relu, self.backend = params, relu, backend
+        self.run = None if backend == "torch" else get_backend(backend).affine_act_runner(params, relu)
 
 
 def conv3d(
@@ -95,13 +112,36 @@ def conv3d_affine_act(
     "none". Differentiable in input, weight, scale, shift and residual (fine-tuning with frozen BN).
     The epilogue runs in float32 (float64 for float64 data) and is rounded once.
     """
-    relu = check_activation(activation)
-    input, weight, residual = _autocast(input, weight, residual)
-    p = make_params(input, weight, stride, padding, dilation, groups)
-    check_channel_vector(scale, "scale", p.out_channels, input)
-    check_channel_vector(shift, "shift", p.out_channels, input)
-    check_residual(residual, p, input)
-    name = resolve_backend(backend, input.device)
+    plan = key = None
+    if not torch.compiler.is_compiling():
+        try:
+            key = (input.shape, input.dtype, input.device, weight.shape, weight.dtype, weight.device,
+                   scale.shape, scale.dtype, scale.device, shift.shape, shift.dtype, shift.device,
+                   None if residual is None else (residual.shape, residual.dtype, residual.device),
+                   stride, padding, dilation, groups, activation, backend)
+            plan = _AFFINE_PLANS.get(key)
+        except (AttributeError, TypeError):  # a non-tensor or an unhashable argument: the checks report it
+            key = None
+        if plan is not None and torch.is_autocast_enabled(input.device.type):
+            plan = key = None  # autocast changes the dtypes the checks saw
+    if plan is not None:
+        p, relu, name = plan.params, plan.relu, plan.backend
+        if plan.run is not None and not library.EAGER_CUSTOM_OPS and not (torch.is_grad_enabled() and (
+                input.requires_grad or weight.requires_grad or scale.requires_grad or shift.requires_grad
+                or (residual is not None and residual.requires_grad))):
+            return plan.run(input, weight, scale, shift, residual)
+    else:
+        relu = check_activation(activation)
+        input, weight, residual = _autocast(input, weight, residual)
+        p = make_params(input, weight, stride, padding, dilation, groups)
+        check_channel_vector(scale, "scale", p.out_channels, input)
+        check_channel_vector(shift, "shift", p.out_channels, input)
+        check_residual(residual, p, input)
+        name = resolve_backend(backend, input.device)
+        if key is not None and not torch.is_autocast_enabled(input.device.type):
+            if len(_AFFINE_PLANS) >= _PLANS_MAX:
+                _AFFINE_PLANS.clear()
+            _AFFINE_PLANS[key] = _AffinePlan(p, relu, name)
     if name == "torch":
         return reference.conv3d_affine_act(
             input, weight, scale, shift, residual, p.stride, p.padding, p.dilation, p.groups, activation

@@ -376,7 +376,7 @@ def use_custom_ops() -> bool:
     return EAGER_CUSTOM_OPS or torch.compiler.is_compiling()
 
 
-def _needs_autograd(*tensors: Optional[Tensor]) -> bool:
+def needs_autograd(*tensors: Optional[Tensor]) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
@@ -384,7 +384,7 @@ def conv3d(*args) -> Tensor:
     """Same arguments as the ``video3d_fast::conv3d`` custom op."""
     if use_custom_ops():
         return conv3d_op(*args)
-    if not _needs_autograd(*args[:3]):  # inference: no graph to record, call the implementation
+    if not needs_autograd(*args[:3]):  # inference: no graph to record, call the implementation
         return _conv3d_impl(*args)
     return _Conv3dEager.apply(*args)
 
@@ -393,7 +393,7 @@ def conv3d_affine_act(*args) -> Tuple[Tensor, Tensor]:
     """Same arguments and outputs as the ``video3d_fast::conv3d_affine_act`` custom op."""
     if use_custom_ops():
         return conv3d_affine_act_op(*args)
-    if not _needs_autograd(*args[:5]):
+    if not needs_autograd(*args[:5]):
         return _affine_impl(*args)
     return _AffineActEager.apply(*args)
 
@@ -402,7 +402,7 @@ def conv3d_batchnorm_act(*args) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """Same arguments and outputs as the ``video3d_fast::conv3d_batchnorm_act`` custom op."""
     if use_custom_ops():
         return conv3d_batchnorm_act_op(*args)
-    if not _needs_autograd(*args[:5]):
+    if not needs_autograd(*args[:5]):
         return _bn_impl(*args)
     return _BatchNormActEager.apply(*args)
 

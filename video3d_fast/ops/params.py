@@ -125,6 +125,7 @@ _PARAMS_CACHE_SIZE = 4096
 
 
 def _hashable(v):
+    """Lists (what aten and the custom ops take) as tuples, for memo keys."""
     return tuple(v) if isinstance(v, list) else v
 
 

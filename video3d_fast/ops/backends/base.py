@@ -91,6 +91,13 @@ class Backend:
             z = torch.relu(z)
         return like_input(z.to(x.dtype), x), (c if save_conv_out else None)
 
+    def affine_act_runner(self, p: Conv3dParams, relu: bool):
+        """``run(x, w, scale, shift, residual) -> out`` for repeated no-grad calls of one validated problem
+        (eager inference): a backend may bind its kernel and arguments once."""
+        def run(x, w, scale, shift, residual):
+            return self.affine_act_forward(x, w, scale, shift, residual, p, relu, False)[0]
+        return run
+
     def affine_act_backward(
         self,
         grad: torch.Tensor,

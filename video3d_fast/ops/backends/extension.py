@@ -47,6 +47,14 @@ class ExtensionBackend(Backend):
         )
         return out, (conv_out if save_conv_out else None)
 
+    def affine_act_runner(self, p, relu):
+        op = _kernels().affine_act_forward.default
+        stride, padding, dilation, groups = p.as_conv_args()
+
+        def run(x, w, scale, shift, residual):
+            return op(x, w, scale, shift, residual, stride, padding, dilation, groups, relu, False)[0]
+        return run
+
     def affine_act_backward(self, grad, out, conv_out, x, w, scale, p, relu, mask):
         return list(_kernels().affine_act_backward(
             grad, out, conv_out, x, w, scale, *p.as_conv_args(), relu, _mask(mask)
