@@ -149,3 +149,52 @@ def test_cpu_backend_on_resnet_layer_shapes(dtype):
         with poison_outputs():
             y = ops.conv3d_affine_act(x, w, scale, shift, res, backend="cpu", **p.conv_kwargs)
         assert_close(y, reference.conv3d_affine_act(x, w, scale, shift, res, **p.conv_kwargs), dtype, f"case {i}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("weight_layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("rows", ["short", "long"])
+def test_cpu_weight_gradient_on_both_routes_and_weight_layouts(rows, weight_layout, dtype):
+    """The cpu backend computes the weight gradient as one GEMM over an explicit im2col when the reduction
+    over output positions is short (<= 1024 rows: deep layers), through oneDNN otherwise; either way the
+    gradient equals the reference's and comes back in the weight's memory format."""
+    if rows == "short":  # 2 x 3x4x4 = 96 output positions; stride, dilation and uneven padding
+        p = ConvProblem(n=2, c=6, k=10, size=(5, 8, 9), stride=(2, 2, 2), padding=(1, 2, 1), dilation=(1, 2, 1),
+                        dtype=dtype, layout="ndhwc", residual=True)
+    else:  # 2 x 9x10x11 = 1980 output positions
+        p = ConvProblem(n=2, c=4, k=6, size=(9, 10, 11), dtype=dtype, layout="ncdhw")
+    gen = torch.Generator().manual_seed(11)
+    x, w, scale, shift, res = p.make(gen)
+    if weight_layout == "channels_last":
+        w = w.contiguous(memory_format=torch.channels_last_3d)
+    stat = torch.float64 if dtype == torch.float64 else torch.float32
+    for form in ("affine", "batchnorm"):
+        ours = [leaf(t) for t in (x, w, scale, shift, res)]
+        refs = [leaf(t) for t in (x, w, scale, shift, res)]
+        if form == "affine":
+            y = ops.conv3d_affine_act(*ours, backend="cpu", **p.conv_kwargs)
+            y_ref = reference.conv3d_affine_act(*refs, **p.conv_kwargs)
+        else:
+            y = ops.conv3d_batchnorm_act(ours[0], ours[1], ours[2], ours[3], torch.zeros(p.k, dtype=stat),
+                                         torch.ones(p.k, dtype=stat), None, ours[4], backend="cpu", **p.conv_kwargs)
+            y_ref = reference.conv3d_batchnorm_act(refs[0], refs[1], refs[2], refs[3], None, None, None, refs[4],
+                                                   **p.conv_kwargs)
+        grad = torch.randn(y.shape, generator=gen, dtype=torch.float64).to(dtype)
+        with poison_outputs():
+            y.backward(grad)
+        y_ref.backward(grad)
+        factor = {torch.float32: 50.0, torch.float64: 10.0, torch.bfloat16: 3.0}[dtype]
+        assert_close(ours[1].grad, refs[1].grad, dtype, f"{form}: grad weight", factor)
+        assert_close(ours[0].grad, refs[0].grad, dtype, f"{form}: grad input", factor)
+        assert memory_format_of(ours[1].grad) == memory_format_of(w), f"{form}: weight gradient layout"
+
+
+def test_cpu_weight_gradient_passes_gradcheck_on_the_gemm_route():
+    p = ConvProblem(n=1, c=2, k=3, size=(3, 4, 3), kernel=(2, 3, 2), stride=(1, 2, 1), padding=(1, 0, 1),
+                    dilation=(2, 1, 1), dtype=torch.float64, layout="ndhwc")
+    x, w, scale, shift, _ = p.make(torch.Generator().manual_seed(3))
+    w = w.contiguous(memory_format=torch.channels_last_3d)
+    inputs = tuple(leaf(t) for t in (x, w, scale, shift))
+    torch.autograd.gradcheck(
+        lambda *a: ops.conv3d_affine_act(*a, backend="cpu", **p.conv_kwargs), inputs, eps=1e-6, atol=1e-7
+    )

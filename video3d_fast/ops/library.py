@@ -352,12 +352,21 @@ def _eager_twin(name: str, forward_impl, setup, backward) -> type:
     def forward(ctx, *args):
         output = forward_impl(*args)
         ctx.eager = True
+        # The side outputs (conv output, batch statistics) never receive gradients; materialising zeros
+        # for them cost an activation-sized fill per layer and step.
+        ctx.set_materialize_grads(False)
+        ctx.num_args = len(args)
         setup(ctx, args, output)
         return output
 
+    def backward_or_nothing(ctx, grad_out, *side_grads):
+        if grad_out is None:  # nothing reached the main output
+            return (None,) * ctx.num_args
+        return backward(ctx, grad_out, *side_grads)
+
     return type(name, (torch.autograd.Function,), {
         "forward": staticmethod(forward),
-        "backward": staticmethod(backward),
+        "backward": staticmethod(backward_or_nothing),
         "__doc__": f"Eager twin of the {name} custom op (same implementation, no dispatcher round trips).",
     })
 
