@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, List, Tuple
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import environment, results_dir, write_results  # noqa: E402
+from benchmarks.common import environment, interleaved_rounds, quantile, results_dir, write_results  # noqa: E402
 from video3d_fast import ops  # noqa: E402
 from video3d_fast.models import conv_layer_shapes, unique_conv_shapes  # noqa: E402
 
@@ -75,30 +74,6 @@ def make_pair(case: dict, layout: str = "ndhwc") -> Tuple[Callable[[], torch.Ten
     return eager, fused
 
 
-def interleaved_rounds(fns: Dict[str, Callable[[], object]], rounds: int, min_seconds: float,
-                       max_rounds: int = 400) -> Dict[str, List[float]]:
-    """Per-round times (ms) of each function, run alternately so that drift in the machine's load
-    affects all of them alike; at least `rounds` rounds and `min_seconds`, at most `max_rounds`."""
-    times: Dict[str, List[float]] = {name: [] for name in fns}
-    for fn in fns.values():  # warm-up: oneDNN primitive creation, allocator
-        fn()
-    start = time.perf_counter()
-    while len(times[next(iter(fns))]) < max_rounds:
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append((time.perf_counter() - t0) * 1e3)
-        n = len(times[next(iter(fns))])
-        if n >= rounds and time.perf_counter() - start >= min_seconds:
-            break
-    return times
-
-
-def _quantile(values: List[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, nargs="+", default=[2, 4, 8])
@@ -123,8 +98,8 @@ def main(argv=None) -> int:
                        shape=f"{case['in_channels']}x{'x'.join(map(str, case['in_size']))} "
                              f"s{case['stride'][0]} g{case['groups']} -> {case['out_channels']}",
                        follow=case.get("followed_by", ""), eager_ms=min(t["eager"]), fused_ms=min(t["fused"]),
-                       speedup=_quantile(ratios, 0.5), speedup_p10=_quantile(ratios, 0.1),
-                       speedup_p90=_quantile(ratios, 0.9), rounds=len(ratios), rel_err=err)
+                       speedup=quantile(ratios, 0.5), speedup_p10=quantile(ratios, 0.1),
+                       speedup_p90=quantile(ratios, 0.9), rounds=len(ratios), rel_err=err)
             rows.append(row)
             print(f"{row['model']:11s} b{row['batch']} {row['shape']:28s} {row['follow']:12s} eager "
                   f"{row['eager_ms']:8.2f} ms fused {row['fused_ms']:8.2f} ms  x{row['speedup']:.2f} "

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import random
 import sys
 from pathlib import Path
 
@@ -19,26 +18,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.bench_cpu_ops import _quantile  # noqa: E402
-from benchmarks.common import environment, results_dir, write_results  # noqa: E402
+from benchmarks.common import environment, interleaved_rounds, quantile, results_dir, write_results  # noqa: E402
 from video3d_fast import ops  # noqa: E402
 from video3d_fast.models import generate_model, set_backend  # noqa: E402
-
-
-def _timed_rounds(fns, rounds: int):
-    import time
-
-    times = {name: [] for name in fns}
-    for fn in fns.values():  # warm-up: oneDNN primitives, allocator, plans
-        fn()
-    for _ in range(rounds):
-        order = list(fns.items())
-        random.shuffle(order)
-        for name, fn in order:
-            t0 = time.perf_counter()
-            fn()
-            times[name].append((time.perf_counter() - t0) * 1e3)
-    return times
 
 
 def bench_model(spec: str, batch: int, rounds: int, frames: int, size: int):
@@ -65,12 +47,13 @@ def bench_model(spec: str, batch: int, rounds: int, frames: int, size: int):
     for phase, make in (("train step", train_step), ("eval forward", eval_forward)):
         for net in nets.values():
             net.train(phase == "train step")
-        t = _timed_rounds({name: make(net) for name, net in nets.items()}, rounds)
+        t = interleaved_rounds({name: make(net) for name, net in nets.items()}, rounds=rounds, min_seconds=0.0,
+                               max_rounds=rounds, shuffle=True)
         ratios = [a / b for a, b in zip(t["torch"], t["fused"])]
         rows.append(dict(model=spec, phase=phase, batch=batch, clip=f"{frames}x{size}x{size}",
-                         torch_ms=_quantile(t["torch"], 0.5), fused_ms=_quantile(t["fused"], 0.5),
-                         speedup=_quantile(ratios, 0.5), speedup_p10=_quantile(ratios, 0.1),
-                         speedup_p90=_quantile(ratios, 0.9), rounds=len(ratios)))
+                         torch_ms=quantile(t["torch"], 0.5), fused_ms=quantile(t["fused"], 0.5),
+                         speedup=quantile(ratios, 0.5), speedup_p10=quantile(ratios, 0.1),
+                         speedup_p90=quantile(ratios, 0.9), rounds=len(ratios)))
         r = rows[-1]
         print(f"{spec:12s} {phase:12s} b{batch} torch {r['torch_ms']:8.1f} ms fused {r['fused_ms']:8.1f} ms "
               f"x{r['speedup']:.2f} [{r['speedup_p10']:.2f}, {r['speedup_p90']:.2f}] n={r['rounds']}", flush=True)

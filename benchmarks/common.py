@@ -9,6 +9,7 @@ import datetime as _dt
 import json
 import os
 import platform
+import random
 import statistics
 import time
 from pathlib import Path
@@ -58,6 +59,35 @@ def environment() -> Dict[str, object]:
     except ImportError:
         env["triton"] = None
     return env
+
+
+def interleaved_rounds(fns: Dict[str, Callable[[], object]], rounds: int, min_seconds: float,
+                       max_rounds: int = 400, shuffle: bool = False) -> Dict[str, List[float]]:
+    """Per-round times (ms) of each function, run alternately so that drift in the machine's load
+    affects all of them alike; at least `rounds` rounds and `min_seconds`, at most `max_rounds`.
+    ``shuffle`` randomises the order within each round (no function always runs right after another)."""
+    times: Dict[str, List[float]] = {name: [] for name in fns}
+    for fn in fns.values():  # warm-up: oneDNN primitive creation, allocator
+        fn()
+    start = time.perf_counter()
+    while len(times[next(iter(fns))]) < max_rounds:
+        order = list(fns.items())
+        if shuffle:
+            random.shuffle(order)
+        for name, fn in order:
+            t0 = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - t0) * 1e3)
+        n = len(times[next(iter(fns))])
+        if n >= rounds and time.perf_counter() - start >= min_seconds:
+            break
+    return times
+
+
+def quantile(values: List[float], q: float) -> float:
+    """The element at rank q of the sorted values (no interpolation)."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def time_cpu(fn: Callable[[], object], warmup: int = 2, min_runs: int = 5, min_seconds: float = 0.5) -> Dict[str, float]:

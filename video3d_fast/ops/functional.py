@@ -126,9 +126,8 @@ def conv3d_affine_act(
             plan = key = None  # autocast changes the dtypes the checks saw
     if plan is not None:
         p, relu, name = plan.params, plan.relu, plan.backend
-        if plan.run is not None and not library.EAGER_CUSTOM_OPS and not (torch.is_grad_enabled() and (
-                input.requires_grad or weight.requires_grad or scale.requires_grad or shift.requires_grad
-                or (residual is not None and residual.requires_grad))):
+        if plan.run is not None and not library.use_custom_ops() and not library.needs_autograd(
+                input, weight, scale, shift, residual):
             return plan.run(input, weight, scale, shift, residual)
     else:
         relu = check_activation(activation)
