@@ -35,8 +35,9 @@ def test_fused_models_on_cuda_are_as_accurate_as_unfused(no_tf32, backend, model
     if not status.available:
         pytest.skip(f"{backend} backend unavailable: {status.reason}")
     make = functools.partial(generate_model, model, depth, n_classes=4, **narrow_options(model), **options)
-    # measured on an H200: fused and unfused errors against float64 differ by up to ~2.5x either way
-    compare_float32_accuracy(make, clip_for(model), backend=backend, device="cuda", factor=4.0, slack=1e-4)
+    # measured on an H200: per-tensor fused/unfused error ratios up to 4.1x (one tensor of 163) and down to
+    # 1/4; see compare_float32_accuracy for why the median and an outlier bound are what is checked
+    compare_float32_accuracy(make, clip_for(model), backend=backend, device="cuda", factor=2.0, slack=1e-4)
 
 
 def test_auto_picks_a_gpu_backend_and_bf16_autocast_is_close_to_float32(no_tf32):

@@ -94,6 +94,9 @@ def main(argv: List[str] = None) -> int:
 
     JITFunction.run = compile_only
     from video3d_fast.ops.backends.triton import TritonBackend, autotune
+    from video3d_fast.ops.backends.triton import common as triton_common
+
+    triton_common.DIRECT_LAUNCH = False  # every launch must reach the compile-only JIT entry above
     from video3d_fast.ops.params import make_params
 
     autotune._sm_count = lambda device: 132  # configs as on an H100

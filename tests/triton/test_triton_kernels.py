@@ -114,6 +114,47 @@ def test_fwd_kernel_paths_match_aten(name, blocks, aligned, runs, diag, full, mo
     assert_close(r.out, out, torch.float32, "epilogue output")
 
 
+SPLIT_PATHS = [  # (problem, (block_m, block_n, block_k, split_k)): every K-loop kind, sliced
+    ("dense", (32, 16, 16, 5)),  # tap-aligned: 27 steps in 5 slices of 6 (the last one short)
+    ("stem", (32, 16, 16, 4)),  # W_RUNS: 9 (t, r) rows in 3 slices of 3 (split 4 -> 3, no empty slice)
+    ("grouped_s2", (32, 16, 64, 2)),  # flattened block-diagonal tiles with a partial group block
+    ("strided", (16, 16, 16, 3)),
+]
+
+
+@pytest.mark.parametrize("name,blocks", SPLIT_PATHS)
+@pytest.mark.parametrize("stats", [False, True])
+def test_fwd_split_k_equals_aten_and_the_unsplit_kernel(name, blocks, stats):
+    """Split-K partials summed in slice order by the epilogue kernel: same conv, epilogue and per-tile
+    BN partials as the one-pass kernel (which the statistics' finalize relies on)."""
+    autotune, conv3d_fwd, _, _, _ = _kernels()
+    x, w, _, p = _problem(name, layout="ndhwc", seed=4)
+    cfg = autotune.KernelConfig(*blocks[:3], split_k=blocks[3])
+    one = autotune.KernelConfig(*blocks[:3], split_k=1)
+    plan = conv3d_fwd._fwd_plan(p, cfg, torch.channels_last_3d, None, {"STATS": stats}, torch.device(DEVICE))
+    assert plan.conv.grid[2] > 1 and plan.epilogue is not None
+    scale = torch.rand(p.out_channels, device=DEVICE) + 0.5
+    shift = torch.randn(p.out_channels, device=DEVICE)
+    res = torch.randn(p.out_shape, device=DEVICE)
+    kw = dict(residual=None, relu=True, store_out=not stats, store_conv=True, stats=stats) if stats else dict(
+        scale=scale, shift=shift, residual=res, relu=True, store_conv=True)
+    with poison_outputs():
+        r = conv3d_fwd.conv3d_fwd(x, w, p, config=cfg, **kw)
+        ref = conv3d_fwd.conv3d_fwd(x, w, p, config=one, **kw)
+    c = torch.nn.functional.conv3d(x.double(), w.double(), None, p.stride, p.padding, p.dilation, p.groups)
+    assert_close(r.conv, c, torch.float32, "conv output")
+    if stats:
+        torch.testing.assert_close(r.tile_sum, ref.tile_sum, rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(r.tile_m2, ref.tile_m2, rtol=1e-5, atol=1e-4)
+        rows = torch.arange(p.gemm_m) // cfg.block_m  # the partials' tiling: BLOCK_M rows of N*Do*Ho*Wo
+        c_rows = c.permute(0, 2, 3, 4, 1).reshape(-1, p.out_channels).cpu()
+        want = torch.zeros(r.tile_sum.shape, dtype=torch.float64).index_add_(0, rows, c_rows)
+        assert_close(r.tile_sum, want, torch.float32, "tile sums")
+    else:
+        out = torch.relu(c * scale.double().view(1, -1, 1, 1, 1) + shift.double().view(1, -1, 1, 1, 1) + res)
+        assert_close(r.out, out, torch.float32, "epilogue output")
+
+
 DGRAD_PATHS = [
     ("dense", (32, 16, 16), True, False, True),
     ("dense", (32, 16, 64), False, False, True),

@@ -24,7 +24,8 @@ from .grouped import group_tiling
 class KernelConfig:
     """BLOCK_M/N/K of the kernel's GEMM view (see the comment atop each kernel), warps and stages.
 
-    ``split_k`` is used by wgrad only (0 = choose from the problem size)."""
+    ``split_k``: slices of the reduction (wgrad: output positions; fprop: K steps); 0 = choose from the
+    problem size, 1 = no split."""
 
     block_m: int
     block_n: int
@@ -168,3 +169,15 @@ def wgrad_split(rows: int, cols: int, positions: int, cfg: KernelConfig, device:
     target = 2 * _sm_count(device)
     split = max(1, min(cdiv(target, tiles), cdiv(positions, 8 * cfg.block_k)))
     return min(split, 256)
+
+
+def fwd_split(tiles: int, k_steps: int, cfg: KernelConfig, device: torch.device) -> int:
+    """Split-K factor of fprop: 1 unless the output tiles leave most of the device idle and each of
+    them has a long reduction (the deep 3x3x3 layers); then enough slices for ~2 programs per SM, at
+    least 8 K steps each."""
+    if cfg.split_k:
+        return max(1, min(cfg.split_k, k_steps))
+    sms = _sm_count(device)
+    if tiles >= sms or k_steps < 16:
+        return 1
+    return max(1, min(cdiv(2 * sms, tiles), k_steps // 8, 16))

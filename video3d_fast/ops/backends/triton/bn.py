@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 
 from ...debug import new_output
-from .common import INTERPRETED, cdiv, ndhwc_strides, next_pow2, split_rows
+from .common import INTERPRETED, cdiv, launch, ndhwc_strides, next_pow2, split_rows
 
 FINALIZE_TILES = 64  # tile partials read per step of the combine loops
 # sizes are runtime values so one compiled kernel serves every layer (strides stay specialised)
@@ -78,10 +78,8 @@ def bn_finalize(tile_sum: torch.Tensor, tile_m2: torch.Tensor, rows_per_tile: in
     num_tiles, K = tile_sum.shape
     outs = [new_output((K,), dtype=torch.float32, device=tile_sum.device) for _ in range(4)]
     block_c = min(64, max(16, next_pow2(K)))
-    bn_finalize_kernel[(cdiv(K, block_c),)](
-        tile_sum, tile_m2, gamma, beta, *outs, num_tiles, rows_per_tile, count, K, float(eps),
-        BLOCK_T=FINALIZE_TILES, BLOCK_C=block_c,
-    )
+    launch(bn_finalize_kernel, (cdiv(K, block_c),), (tile_sum, tile_m2, gamma, beta, *outs),
+           (num_tiles, rows_per_tile, count, K, float(eps)), dict(BLOCK_T=FINALIZE_TILES, BLOCK_C=block_c))
     return tuple(outs)
 
 
@@ -121,11 +119,9 @@ def channel_affine_act(c: torch.Tensor, a: torch.Tensor, b: torch.Tensor, residu
     out = new_output(c.shape, dtype=c.dtype, device=c.device, memory_format=memory_format)
     bm, bc = _elementwise_blocks(K)
     res = residual if residual is not None else c
-    channel_affine_act_kernel[(cdiv(M, bm), cdiv(K, bc))](
-        c, res, out, a, b, M, K, Dd, Hh, Ww,
-        *ndhwc_strides(c), *ndhwc_strides(res), *ndhwc_strides(out),
-        HAS_RES=residual is not None, RELU=relu, BLOCK_M=bm, BLOCK_C=bc,
-    )
+    launch(channel_affine_act_kernel, (cdiv(M, bm), cdiv(K, bc)), (c, res, out, a, b),
+           (M, K, Dd, Hh, Ww, *ndhwc_strides(c), *ndhwc_strides(res), *ndhwc_strides(out)),
+           dict(HAS_RES=residual is not None, RELU=relu, BLOCK_M=bm, BLOCK_C=bc))
     return out
 
 
@@ -201,18 +197,16 @@ def grad_sums(grad: torch.Tensor, out: Optional[torch.Tensor], relu: bool, c: Op
     partials = new_output((tiles, width), dtype=torch.float32, device=grad.device)
     o = out if out is not None else grad
     cc = c if c is not None else grad
-    grad_sums_kernel[(tiles, cdiv(K, bc))](
-        grad, o, cc, mean if mean is not None else partials, partials, M, K, Dd, Hh, Ww,
-        *ndhwc_strides(grad), *ndhwc_strides(o), *ndhwc_strides(cc),
-        RELU=relu, WITH_C=c is not None, CENTER=mean is not None, BLOCK_M=bm, BLOCK_C=bc,
-    )
+    launch(grad_sums_kernel, (tiles, cdiv(K, bc)), (grad, o, cc, mean if mean is not None else partials, partials),
+           (M, K, Dd, Hh, Ww, *ndhwc_strides(grad), *ndhwc_strides(o), *ndhwc_strides(cc)),
+           dict(RELU=relu, WITH_C=c is not None, CENTER=mean is not None, BLOCK_M=bm, BLOCK_C=bc))
     first = new_output((K,), dtype=torch.float32, device=grad.device)
     second = new_output((K,), dtype=torch.float32, device=grad.device) if c is not None else None
     block_c = min(64, max(16, next_pow2(width)))
-    sum_tiles_kernel[(cdiv(width, block_c),)](
-        partials, first, first if second is None else second, var if var is not None else first,
-        tiles, width, K, float(eps), INVSTD_SECOND=var is not None, BLOCK_T=FINALIZE_TILES, BLOCK_C=block_c,
-    )
+    launch(sum_tiles_kernel, (cdiv(width, block_c),),
+           (partials, first, first if second is None else second, var if var is not None else first),
+           (tiles, width, K, float(eps)),
+           dict(INVSTD_SECOND=var is not None, BLOCK_T=FINALIZE_TILES, BLOCK_C=block_c))
     return first, second
 
 
@@ -283,9 +277,9 @@ def grad_prologue(grad: torch.Tensor, out: torch.Tensor, relu: bool, coef: torch
         c, mean, var, sum_g, sum_gx, eps = grad, coef, coef, coef, coef, 0.0
     gc_t = gc if gc is not None else grad
     gz_t = gz if gz is not None else grad
-    grad_prologue_kernel[(cdiv(M, bm), cdiv(K, bc))](
-        grad, out, c, gc_t, gz_t, coef, mean, var, sum_g, sum_gx, M, K, Dd, Hh, Ww, float(M), float(eps),
-        *ndhwc_strides(grad), *ndhwc_strides(out), *ndhwc_strides(c), *ndhwc_strides(gc_t), *ndhwc_strides(gz_t),
-        RELU=relu, BN=bn is not None, STORE_GC=store_gc, STORE_GZ=gz is not None, BLOCK_M=bm, BLOCK_C=bc,
-    )
+    launch(grad_prologue_kernel, (cdiv(M, bm), cdiv(K, bc)),
+           (grad, out, c, gc_t, gz_t, coef, mean, var, sum_g, sum_gx),
+           (M, K, Dd, Hh, Ww, float(M), float(eps), *ndhwc_strides(grad), *ndhwc_strides(out), *ndhwc_strides(c),
+            *ndhwc_strides(gc_t), *ndhwc_strides(gz_t)),
+           dict(RELU=relu, BN=bn is not None, STORE_GC=store_gc, STORE_GZ=gz is not None, BLOCK_M=bm, BLOCK_C=bc))
     return gc, gz

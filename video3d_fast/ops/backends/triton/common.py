@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 import triton
 import triton.language as tl
+from triton import knobs
 
 # Triton decides at decoration time whether a kernel is compiled or interpreted; remember the
 # mode the kernels of this package were defined in (see TritonBackend.device_reason).
@@ -35,6 +36,52 @@ class LaunchPlan:
     grid: tuple
     args: tuple  # the kernel's integer arguments, in order
     constexprs: dict
+
+
+# ------------------------------------------------------------------------------------------------
+# launching: Triton's JIT entry binds and specialises ~50 arguments per call (tens of microseconds of
+# host time per launch, several launches per layer); after the first call of a specialisation its
+# compiled kernel is called directly.
+# ------------------------------------------------------------------------------------------------
+DIRECT_LAUNCH = not INTERPRETED and os.environ.get("VIDEO3D_FAST_TRITON_DIRECT_LAUNCH", "1") != "0"
+_compiled: dict = {}
+
+
+def launch(kernel, grid: tuple, tensors: tuple, args: tuple = (), constexprs: Optional[dict] = None) -> None:
+    """``kernel[grid](*tensors, *args, **constexprs)``.
+
+    The first call of each specialisation goes through Triton's JIT, which compiles (or loads) the
+    kernel and returns it; later calls launch that compiled kernel on the current stream without the
+    JIT's per-argument binding. The cache key holds everything the JIT specialises on: each tensor's
+    dtype and 16-byte alignment, the integer arguments (their values, a superset of what Triton
+    distinguishes), the constexprs and the device. A launch hook (profilers) takes the JIT path.
+    """
+    constexprs = constexprs or {}
+    if not DIRECT_LAUNCH or _launch_hooks_set():
+        kernel[grid](*tensors, *args, **constexprs)
+        return
+    device = torch.cuda.current_device()
+    key = (kernel, device, tuple((t.dtype, t.data_ptr() % 16 == 0) for t in tensors), args,
+           tuple(constexprs.items()))
+    hit = _compiled.get(key)
+    if hit is None:
+        compiled = kernel[grid](*tensors, *args, **constexprs)
+        if hasattr(compiled, "packed_metadata") and hasattr(compiled, "function"):
+            # positional values of the constexpr parameters, in the kernel's parameter order
+            tail = tuple(constexprs[name] for name in kernel.arg_names[len(tensors) + len(args):])
+            _compiled[key] = (compiled, args + tail)
+        return
+    compiled, rest = hit
+    g1 = grid[1] if len(grid) > 1 else 1
+    g2 = grid[2] if len(grid) > 2 else 1
+    compiled.run(grid[0], g1, g2, torch._C._cuda_getCurrentRawStream(device), compiled.function,
+                 compiled.packed_metadata, None, None, None, *tensors, *rest)
+
+
+def _launch_hooks_set() -> bool:
+    """Whether a launch hook is registered (Triton keeps them in a HookChain, or None in old versions)."""
+    hook = knobs.runtime.launch_enter_hook
+    return hook is not None and bool(getattr(hook, "calls", True))
 
 
 def cdiv(a: int, b: int) -> int:

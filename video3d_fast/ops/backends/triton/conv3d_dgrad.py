@@ -25,6 +25,7 @@ from .common import (
     dot_flags,
     gather_ndhwc,
     kernel_strides,
+    launch,
     mma,
     ndhwc_strides,
     split_rows,
@@ -191,7 +192,7 @@ def conv3d_dgrad(dy: torch.Tensor, w: torch.Tensor, p: Conv3dParams, input_forma
         plan = _plans[key] = _dgrad_plan(p, cfg, input_format, flags)
     dx = new_output((p.batch, p.in_channels, *p.in_size), dtype=dy.dtype, device=dy.device,
                     memory_format=input_format)
-    conv3d_dgrad_kernel[plan.grid](channels_last(dy), channels_last(w), dx, *plan.args, **plan.constexprs)
+    launch(conv3d_dgrad_kernel, plan.grid, (channels_last(dy), channels_last(w), dx), plan.args, plan.constexprs)
     return dx
 
 

@@ -7,6 +7,11 @@ Epilogues (constexpr flags, any combination):
   sum and the sum of squared deviations from the tile mean (STATS). bn.py combines them in a fixed
   order (Chan et al.), so the statistics are deterministic and do not suffer from E[x^2] - E[x]^2
   cancellation.
+
+Split-K (SPLIT_K): layers whose output tiles cannot fill the device (the deep 3x3x3 layers: 128-784
+output rows against a 7-14k long reduction) cut the reduction into contiguous slices along grid axis 2.
+Each slice writes its fp32 partial tile; ``splitk_epilogue_kernel`` sums the slices in slice order
+(deterministic) and applies the same epilogue, statistics included.
 """
 from __future__ import annotations
 
@@ -19,7 +24,7 @@ import triton.language as tl
 
 from ...debug import new_output
 from ...params import Conv3dParams, memory_format_of
-from .autotune import KernelConfig, fwd_candidates, pick
+from .autotune import KernelConfig, fwd_candidates, fwd_split, pick
 from .common import (
     cdiv,
     channels_last,
@@ -28,8 +33,10 @@ from .common import (
     dot_flags,
     gather_ndhwc,
     kernel_strides,
+    launch,
     mma,
     ndhwc_strides,
+    next_pow2,
     split_rows,
     split_taps,
 )
@@ -40,7 +47,8 @@ from .grouped import group_tiling, red_channels, tile_channels
 # shape of a network; strides stay specialised (divisibility by 16 enables vector loads).
 FWD_SHAPE_ARGS = [
     'M', 'D', 'H', 'W', 'Do', 'Ho', 'Wo', 'C', 'K', 'T', 'R', 'S', 'str_d', 'str_h', 'str_w', 'pad_d',
-    'pad_h', 'pad_w', 'dil_d', 'dil_h', 'dil_w', 'groups', 'out_per_group', 'red_per_group', 'GB', 'NB'
+    'pad_h', 'pad_w', 'dil_d', 'dil_h', 'dil_w', 'groups', 'out_per_group', 'red_per_group', 'GB', 'NB',
+    'steps_per_split',
 ]
 
 
@@ -55,10 +63,10 @@ FWD_SHAPE_ARGS = [
 # the per-element gather work is an add and a loop-invariant mask (padding S*C up to BLOCK_K).
 @triton.jit(do_not_specialize=FWD_SHAPE_ARGS)
 def conv3d_fwd_kernel(
-    x_ptr, w_ptr, out_ptr, conv_ptr, res_ptr, scale_ptr, shift_ptr, psum_ptr, pm2_ptr,
+    x_ptr, w_ptr, out_ptr, conv_ptr, res_ptr, scale_ptr, shift_ptr, psum_ptr, pm2_ptr, ws_ptr,
     M, D, H, W, Do, Ho, Wo, C, K,
     T, R, S, str_d, str_h, str_w, pad_d, pad_h, pad_w, dil_d, dil_h, dil_w,
-    groups, out_per_group, red_per_group, GB, NB,
+    groups, out_per_group, red_per_group, GB, NB, steps_per_split,
     x_sn, x_sd, x_sh, x_sw, x_sc,
     w_sk, w_sc, w_st, w_sr, w_ss,
     o_sn, o_sd, o_sh, o_sw, o_sc,
@@ -67,7 +75,7 @@ def conv3d_fwd_kernel(
     TAP_ALIGNED: tl.constexpr, W_RUNS: tl.constexpr, BLOCK_DIAG: tl.constexpr, FULL_GROUPS: tl.constexpr,
     EVEN_OUT: tl.constexpr,
     HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_RES: tl.constexpr, RELU: tl.constexpr,
-    STORE_OUT: tl.constexpr, STORE_CONV: tl.constexpr, STATS: tl.constexpr,
+    STORE_OUT: tl.constexpr, STORE_CONV: tl.constexpr, STATS: tl.constexpr, SPLIT_K: tl.constexpr,
     IS_FP32: tl.constexpr, TF32: tl.constexpr, UPCAST: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
@@ -100,8 +108,13 @@ def conv3d_fwd_kernel(
 
     # Masks are kept as narrow as the path allows (row-only / column-only): a mask that is constant
     # along the contiguous axis lets the loads vectorise and the pipeliner turn them into async copies.
+    k_begin = 0
+    k_end = k_total
+    if SPLIT_K:  # this program's slice of the K steps
+        k_begin = tl.program_id(2) * steps_per_split * BLOCK_K
+        k_end = tl.minimum(k_total, k_begin + steps_per_split * BLOCK_K)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, k_total, BLOCK_K):
+    for k0 in range(k_begin, k_end, BLOCK_K):
         if W_RUNS:
             tr = k0 // BLOCK_K
             t = tr // R
@@ -155,10 +168,28 @@ def conv3d_fwd_kernel(
         acc = mma(a, b, acc, IS_FP32, TF32, UPCAST)
 
     # ---- epilogue ----
-    if EVEN_OUT:
-        mask = row_mask[:, None]
+    if SPLIT_K:
+        ws = (ws_ptr + tl.program_id(2).to(tl.int64) * M * K + (m.to(tl.int64) * K)[:, None] + out_ch[None, :])
+        tl.store(ws, acc, mask=row_mask[:, None] & col_mask[None, :])
     else:
-        mask = row_mask[:, None] & col_mask[None, :]
+        if EVEN_OUT:
+            mask = row_mask[:, None]
+        else:
+            mask = row_mask[:, None] & col_mask[None, :]
+        epilogue(acc, pid_m, n, od, oh, ow, row_mask, out_ch, col_mask, mask, M, K,
+                 out_ptr, conv_ptr, res_ptr, scale_ptr, shift_ptr, psum_ptr, pm2_ptr,
+                 o_sn, o_sd, o_sh, o_sw, o_sc, r_sn, r_sd, r_sh, r_sw, r_sc,
+                 BLOCK_M, HAS_SCALE, HAS_SHIFT, HAS_RES, RELU, STORE_OUT, STORE_CONV, STATS)
+
+
+@triton.jit
+def epilogue(acc, pid_m, n, od, oh, ow, row_mask, out_ch, col_mask, mask, M, K,
+             out_ptr, conv_ptr, res_ptr, scale_ptr, shift_ptr, psum_ptr, pm2_ptr,
+             o_sn, o_sd, o_sh, o_sw, o_sc, r_sn, r_sd, r_sh, r_sw, r_sc,
+             BLOCK_M: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_RES: tl.constexpr,
+             RELU: tl.constexpr, STORE_OUT: tl.constexpr, STORE_CONV: tl.constexpr, STATS: tl.constexpr):
+    """Stores of a finished fp32 tile (rows m = pid_m * BLOCK_M + ..., channels out_ch): the rounded
+    conv output, its per-tile BN partials, and act(acc * scale + shift + residual)."""
     o_row = n.to(tl.int64) * o_sn + od * o_sd + oh * o_sh + ow * o_sw
     o_offs = o_row[:, None] + (out_ch * o_sc)[None, :]
     if STORE_CONV or STATS:
@@ -187,6 +218,36 @@ def conv3d_fwd_kernel(
         if RELU:
             v = tl.maximum(v, 0.0)
         tl.store(out_ptr + o_offs, v.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit(do_not_specialize=["M", "K", "Do", "Ho", "Wo", "split"])
+def splitk_epilogue_kernel(
+    ws_ptr, out_ptr, conv_ptr, res_ptr, scale_ptr, shift_ptr, psum_ptr, pm2_ptr,
+    M, K, Do, Ho, Wo, split,
+    o_sn, o_sd, o_sh, o_sw, o_sc,
+    r_sn, r_sd, r_sh, r_sw, r_sc,
+    BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+    HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_RES: tl.constexpr, RELU: tl.constexpr,
+    STORE_OUT: tl.constexpr, STORE_CONV: tl.constexpr, STATS: tl.constexpr,
+):
+    """Sum of the split-K partials ws[split, M, K] in slice order, then the conv kernel's epilogue.
+    Row tiles are the conv's BLOCK_M, so the BN partials have the same tiling as without split-K."""
+    pid_m = tl.program_id(0)
+    m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    ch = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    row_mask = m < M
+    col_mask = ch < K
+    mask = row_mask[:, None] & col_mask[None, :]
+    ptrs = ws_ptr + (m.to(tl.int64) * K)[:, None] + ch[None, :]
+    acc = tl.zeros((BLOCK_M, BLOCK_C), dtype=tl.float32)
+    for _ in range(0, split):
+        acc += tl.load(ptrs, mask=mask, other=0.0)
+        ptrs += M.to(tl.int64) * K
+    n, od, oh, ow = split_rows(m, Do, Ho, Wo)
+    epilogue(acc, pid_m, n, od, oh, ow, row_mask, ch, col_mask, mask, M, K,
+             out_ptr, conv_ptr, res_ptr, scale_ptr, shift_ptr, psum_ptr, pm2_ptr,
+             o_sn, o_sd, o_sh, o_sw, o_sc, r_sn, r_sd, r_sh, r_sw, r_sc,
+             BLOCK_M, HAS_SCALE, HAS_SHIFT, HAS_RES, RELU, STORE_OUT, STORE_CONV, STATS)
 
 
 @dataclass
@@ -240,26 +301,40 @@ def conv3d_fwd(
             lambda c: conv3d_fwd(x, w, p, scale=scale, shift=shift, residual=residual, relu=relu,
                                  store_out=store_out, store_conv=store_conv, stats=stats, config=c),
         )
-        plan = _plans[key] = _fwd_plan(p, cfg, fmt, residual, flags)
+        plan = _plans[key] = _fwd_plan(p, cfg, fmt, residual, flags, x.device)
     xc, wc = channels_last(x), channels_last(w)
     out = new_output(p.out_shape, dtype=x.dtype, device=x.device, memory_format=fmt) if store_out else None
     conv = new_output(p.out_shape, dtype=x.dtype, device=x.device, memory_format=fmt) if store_conv else None
     tile_sum = tile_m2 = None
     if stats:
-        tile_sum = new_output((plan.grid[0], p.out_channels), dtype=torch.float32, device=x.device)
-        tile_m2 = new_output((plan.grid[0], p.out_channels), dtype=torch.float32, device=x.device)
+        tile_sum = new_output((plan.row_tiles, p.out_channels), dtype=torch.float32, device=x.device)
+        tile_m2 = new_output((plan.row_tiles, p.out_channels), dtype=torch.float32, device=x.device)
+    ws = None
+    if plan.epilogue is not None:
+        ws = new_output((plan.conv.grid[2], p.gemm_m, p.out_channels), dtype=torch.float32, device=x.device)
     # Pointers behind switched-off flags are never dereferenced; any tensor of the right dtype will do.
     written = out if out is not None else conv
-    conv3d_fwd_kernel[plan.grid](
-        xc, wc, xc if out is None else out, written if conv is None else conv,
-        written if residual is None else residual, xc if scale is None else scale, xc if shift is None else shift,
+    epilogue_ptrs = (
+        xc if out is None else out, written if conv is None else conv, written if residual is None else residual,
+        xc if scale is None else scale, xc if shift is None else shift,
         xc if tile_sum is None else tile_sum, xc if tile_m2 is None else tile_m2,
-        *plan.args, **plan.constexprs,
     )
-    return FwdResult(out, conv, tile_sum, tile_m2, plan.cfg.block_m)
+    launch(conv3d_fwd_kernel, plan.conv.grid, (xc, wc, *epilogue_ptrs, xc if ws is None else ws),
+           plan.conv.args, plan.conv.constexprs)
+    if ws is not None:
+        launch(splitk_epilogue_kernel, plan.epilogue.grid, (ws, *epilogue_ptrs), plan.epilogue.args,
+               plan.epilogue.constexprs)
+    return FwdResult(out, conv, tile_sum, tile_m2, plan.conv.cfg.block_m)
 
 
-_plans: Dict[tuple, LaunchPlan] = {}
+@dataclass(frozen=True)
+class FwdPlan:
+    conv: LaunchPlan
+    epilogue: Optional[LaunchPlan]  # the split-K reduction + epilogue launch (None without split-K)
+    row_tiles: int  # BLOCK_M row tiles: the rows of the BN partials
+
+
+_plans: Dict[tuple, FwdPlan] = {}
 
 
 def w_runs(p: Conv3dParams, cfg: KernelConfig, tiling) -> bool:
@@ -269,24 +344,43 @@ def w_runs(p: Conv3dParams, cfg: KernelConfig, tiling) -> bool:
             and p.kernel[2] * tiling.red_per_tile <= cfg.block_k)
 
 
-def _fwd_plan(p: Conv3dParams, cfg: KernelConfig, fmt, residual: Optional[torch.Tensor], flags: dict) -> LaunchPlan:
+def _fwd_plan(p: Conv3dParams, cfg: KernelConfig, fmt, residual: Optional[torch.Tensor], flags: dict,
+              device: torch.device) -> FwdPlan:
     """Everything about a launch that depends only on the problem: computed once per problem."""
     tiling = group_tiling(p.groups, p.out_channels_per_group, p.in_channels_per_group, cfg.block_n)
     tap_aligned = tiling.red_per_tile % cfg.block_k == 0
+    runs = w_runs(p, cfg, tiling)
+    k_steps = p.kernel[0] * p.kernel[1] if runs else cdiv(
+        p.kernel[0] * p.kernel[1] * p.kernel[2] * tiling.red_per_tile, cfg.block_k)
+    row_tiles = cdiv(p.gemm_m, cfg.block_m)
+    split = fwd_split(row_tiles * tiling.num_tiles, k_steps, cfg, device)
+    steps_per_split = cdiv(k_steps, split)
+    split = cdiv(k_steps, steps_per_split)  # no empty slice
     x_like = dense_like((p.batch, p.in_channels, *p.in_size), torch.channels_last_3d)
     w_like = dense_like((p.out_channels, p.in_channels_per_group, *p.kernel), torch.channels_last_3d)
     out_like = dense_like(p.out_shape, fmt)
     res_like = out_like if residual is None else residual
+    out_strides = (*ndhwc_strides(out_like), *ndhwc_strides(res_like))
     args = (
         p.gemm_m, *p.in_size, *p.out_size, p.in_channels, p.out_channels,
         *p.kernel, *p.stride, *p.padding, *p.dilation,
-        *tiling.kernel_args(),
-        *ndhwc_strides(x_like), *kernel_strides(w_like), *ndhwc_strides(out_like), *ndhwc_strides(res_like),
+        *tiling.kernel_args(), steps_per_split,
+        *ndhwc_strides(x_like), *kernel_strides(w_like), *out_strides,
     )
     constexprs = dict(
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
-        TAP_ALIGNED=tap_aligned, W_RUNS=w_runs(p, cfg, tiling), BLOCK_DIAG=tiling.block_diagonal,
-        FULL_GROUPS=tiling.full_groups, EVEN_OUT=tiling.even_out, **flags,
+        TAP_ALIGNED=tap_aligned, W_RUNS=runs, BLOCK_DIAG=tiling.block_diagonal,
+        FULL_GROUPS=tiling.full_groups, EVEN_OUT=tiling.even_out, **flags, SPLIT_K=split > 1,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
-    return LaunchPlan(cfg, (cdiv(p.gemm_m, cfg.block_m), tiling.num_tiles), args, constexprs)
+    conv = LaunchPlan(cfg, (row_tiles, tiling.num_tiles, split), args, constexprs)
+    epilogue = None
+    if split > 1:
+        block_c = max(16, min(64, next_pow2(p.out_channels)))
+        epi_flags = {k: v for k, v in flags.items() if k not in ("IS_FP32", "TF32", "UPCAST")}
+        epilogue = LaunchPlan(
+            cfg, (row_tiles, cdiv(p.out_channels, block_c)),
+            (p.gemm_m, p.out_channels, *p.out_size, split, *out_strides),
+            dict(BLOCK_M=cfg.block_m, BLOCK_C=block_c, **epi_flags, num_warps=4),
+        )
+    return FwdPlan(conv, epilogue, row_tiles)

@@ -1,0 +1,246 @@
+"""Targeted GPU probe of the Triton backend's open questions, sized for one short device call.
+
+    python benchmarks/gpu_probe.py --out DIR          (GPU; ~1-2 minutes, most of it Triton compiles)
+    python benchmarks/gpu_probe.py --smoke            (CPU + TRITON_INTERPRET=1: plumbing only, tiny shapes)
+
+1. ``stem``:   the ResNeXt-101 stem (3->128, 7x7x7, stride 1x2x2, 16x112x112, batch 8, bf16) training step
+               split into its launches (forward with BN partials, finalize, apply, backward sums, gradient
+               prologue, wgrad), the wgrad under several tilings, cuDNN's wgrad and whole step, and a
+               CUDA-graph capture of our step with the full error if it fails.
+2. ``splitk``: fprop of the deep 3x3x3 layers of ResNet-50 with the split-K heuristic vs split 1 vs cuDNN.
+3. ``launch``: host time per call of a launch-bound layer (inference and training form) with the
+               direct compiled-kernel launch on and off, and whether both give identical bits.
+Every timed variant is checked against a float64 / cuDNN reference first. Writes DIR/gpu_probe.json and
+prints a table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+SMOKE = "--smoke" in sys.argv
+if SMOKE:
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.common import environment, time_cpu, time_cuda  # noqa: E402
+from video3d_fast import ops  # noqa: E402
+from video3d_fast.ops.backends.triton import autotune, bn, common, conv3d_fwd, conv3d_wgrad  # noqa: E402
+from video3d_fast.ops.params import make_params  # noqa: E402
+
+DEV = "cpu" if SMOKE else "cuda"
+DT = torch.float32 if SMOKE else torch.bfloat16
+CL = torch.channels_last_3d
+rows = []
+
+
+def ms(fn) -> float:
+    if SMOKE:
+        return time_cpu(fn, warmup=0, min_runs=1, min_seconds=0.0)["median_ms"]
+    return time_cuda(fn, warmup_ms=5, rep_ms=25)["median_ms"]
+
+
+def rel(a, b) -> float:
+    a, b = a.detach().double(), b.detach().double()
+    return float("inf") if not torch.isfinite(a).all() else ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def row(section, name, t_ms, err=float("nan"), **extra):
+    rows.append(dict(section=section, name=name, ms=round(t_ms, 4), rel_err=err, **extra))
+    print(f"{section:7s} {name:44s} {t_ms:9.4f} ms  err {err:.2e} {extra if extra else ''}", flush=True)
+
+
+def randn(*shape, scale=1.0):
+    return (torch.randn(*shape, device=DEV, dtype=torch.float32) * scale).to(DT)
+
+
+def probe_stem():
+    n, size = (1, (4, 16, 16)) if SMOKE else (8, (16, 112, 112))
+    k = 16 if SMOKE else 128
+    x = randn(n, 3, *size).contiguous(memory_format=CL)
+    w = randn(k, 3, 7, 7, 7, scale=(3 * 343) ** -0.5).contiguous(memory_format=CL)
+    kw = dict(stride=(1, 2, 2), padding=(3, 3, 3))
+    p = make_params(x, w, **kw)
+    gamma, beta = torch.rand(k, device=DEV) + 0.5, torch.randn(k, device=DEV) * 0.1
+    dy = randn(*p.out_shape).contiguous(memory_format=CL)
+
+    r = conv3d_fwd.conv3d_fwd(x, w, p, store_out=False, store_conv=True, stats=True)
+    row("stem", "fwd conv + BN partials", ms(lambda: conv3d_fwd.conv3d_fwd(
+        x, w, p, store_out=False, store_conv=True, stats=True)), rel(r.conv, F.conv3d(x, w, **kw)))
+    fin = lambda: bn.bn_finalize(r.tile_sum, r.tile_m2, r.block_m, p.gemm_m, gamma, beta, 1e-5)  # noqa: E731
+    mean, var, a, b = fin()
+    row("stem", "bn_finalize", ms(fin))
+    out = bn.channel_affine_act(r.conv, a, b, None, True, CL)
+    row("stem", "channel_affine_act", ms(lambda: bn.channel_affine_act(r.conv, a, b, None, True, CL)))
+    sums = lambda: bn.grad_sums(dy, out, True, c=r.conv, mean=mean, var=var, eps=1e-5)  # noqa: E731
+    sum_g, sum_gx = sums()
+    row("stem", "grad_sums", ms(sums))
+    pro = lambda: bn.grad_prologue(dy, out, True, gamma, store_gc=True, gz_format=None,  # noqa: E731
+                                   bn=(r.conv, mean, var, sum_g, sum_gx, 1e-5))
+    gc = pro()[0]
+    row("stem", "grad_prologue", ms(pro))
+
+    ref = torch.ops.aten.convolution_backward(gc, x, w, None, [1, 2, 2], [3, 3, 3], [1, 1, 1], False, [0, 0, 0],
+                                              1, [False, True, False])[1]
+    row("stem", "cuDNN wgrad", ms(lambda: torch.ops.aten.convolution_backward(
+        gc, x, w, None, [1, 2, 2], [3, 3, 3], [1, 1, 1], False, [0, 0, 0], 1, [False, True, False])))
+    heuristic = autotune.wgrad_candidates(p, DT, x.device)[0]
+    variants = [("heuristic " + str(heuristic), heuristic, True)]
+    if not SMOKE:
+        variants += [
+            ("W_RUNS 128x32x64 split 24", autotune.KernelConfig(128, 32, 64, 4, 3, split_k=24), True),
+            ("flat 128x128x32", autotune.KernelConfig(128, 128, 32, 4, 3), False),
+            ("flat 128x64x32", autotune.KernelConfig(128, 64, 32, 4, 3), False),
+            ("flat 128x64x64", autotune.KernelConfig(128, 64, 64, 4, 3), False),
+            ("flat 64x128x32", autotune.KernelConfig(64, 128, 32, 4, 3), False),
+            ("flat 128x128x32 split 64", autotune.KernelConfig(128, 128, 32, 4, 3, split_k=64), False),
+        ]
+    original = conv3d_wgrad.w_runs
+    for name, cfg, runs in variants:
+        conv3d_wgrad.w_runs = original if runs else (lambda *args: False)
+        try:
+            got = conv3d_wgrad.conv3d_wgrad(gc, x, w, p, config=cfg)
+            row("stem", "wgrad " + name, ms(lambda: conv3d_wgrad.conv3d_wgrad(gc, x, w, p, config=cfg)), rel(got, ref))
+        except Exception as exc:  # a variant that does not compile is a finding, not the end of the probe
+            row("stem", "wgrad " + name + " FAILED", float("nan"), error=f"{type(exc).__name__}: {exc}"[:300])
+        finally:
+            conv3d_wgrad.w_runs = original
+
+    rm, rv = torch.zeros(k, device=DEV), torch.ones(k, device=DEV)
+    w_leaf, g_leaf, b_leaf = (t.detach().requires_grad_(True) for t in (w, gamma, beta))
+
+    def ours_step():
+        y = ops.conv3d_batchnorm_act(x, w_leaf, g_leaf, b_leaf, rm, rv, None, None, activation="relu",
+                                     backend="triton", **kw)
+        return torch.autograd.grad(y, [w_leaf, g_leaf, b_leaf], dy)
+
+    def eager_step():
+        y = torch.relu(F.batch_norm(F.conv3d(x, w_leaf, None, **kw), rm, rv, g_leaf, b_leaf, True, 0.1, 1e-5))
+        return torch.autograd.grad(y, [w_leaf, g_leaf, b_leaf], dy)
+
+    row("stem", "whole step ours (eager)", ms(ours_step), max(rel(a, e) for a, e in zip(ours_step(), eager_step())))
+    row("stem", "whole step cuDNN eager", ms(eager_step))
+    if not SMOKE:
+        try:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(2):
+                    ours_step()
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                ours_step()
+            row("stem", "whole step ours (CUDA graph)", ms(graph.replay))
+        except Exception:
+            tb = traceback.format_exc()
+            print(tb, flush=True)
+            row("stem", "whole step ours (CUDA graph) FAILED", float("nan"), error=tb[-1500:])
+
+
+def probe_splitk():
+    shapes = [(64, 64, (8, 28, 28), 1)] if SMOKE else [
+        (256, 256, (2, 7, 7), 1), (512, 512, (1, 4, 4), 1), (256, 256, (4, 14, 14), 2),
+        (512, 512, (2, 7, 7), 2), (128, 128, (4, 14, 14), 1)]
+    n = 1 if SMOKE else 8
+    if SMOKE:
+        shapes = [(16, 16, (2, 3, 3), 1)]
+    for c, k, size, s in shapes:
+        x = randn(n, c, *size).contiguous(memory_format=CL)
+        w = randn(k, c, 3, 3, 3, scale=(27 * c) ** -0.5).contiguous(memory_format=CL)
+        kw = dict(stride=(s, s, s), padding=(1, 1, 1))
+        p = make_params(x, w, **kw)
+        scale, shift = torch.rand(k, device=DEV) + 0.5, torch.randn(k, device=DEV)
+        ref = torch.relu(F.conv3d(x.double(), w.double(), None, **kw) * scale.double().view(1, -1, 1, 1, 1)
+                         + shift.double().view(1, -1, 1, 1, 1))
+        label = f"{c}->{k} s{s} @{'x'.join(map(str, size))}"
+        cudnn = lambda: torch.relu(F.conv3d(x, w, None, **kw) * scale.view(1, -1, 1, 1, 1).to(DT)  # noqa: E731
+                                   + shift.view(1, -1, 1, 1, 1).to(DT))
+        row("splitk", label + " cuDNN conv+affine+relu", ms(cudnn), rel(cudnn(), ref))
+        base = autotune.fwd_candidates(p, DT, x.device)[0]
+        for name, cfg in (("heuristic", base), ("split 1", autotune.KernelConfig(
+                base.block_m, base.block_n, base.block_k, base.num_warps, base.num_stages, split_k=1))):
+            plan = conv3d_fwd._fwd_plan(p, cfg, CL, None, {"STATS": False}, x.device)
+            f = lambda: conv3d_fwd.conv3d_fwd(x, w, p, scale=scale, shift=shift, relu=True, config=cfg)  # noqa: E731
+            row("splitk", f"{label} ours {name}", ms(f), rel(f().out, ref), split=plan.conv.grid[2])
+
+
+def probe_launch():
+    n, c, k, size = (1, 16, 32, (2, 4, 4)) if SMOKE else (8, 1024, 2048, (2, 7, 7))
+    x = randn(n, c, *size).contiguous(memory_format=CL)
+    w = randn(k, c, 1, 1, 1, scale=c ** -0.5).contiguous(memory_format=CL)
+    scale, shift = torch.rand(k, device=DEV) + 0.5, torch.randn(k, device=DEV)
+    gamma, beta = torch.rand(k, device=DEV) + 0.5, torch.randn(k, device=DEV) * 0.1
+    rm, rv = torch.zeros(k, device=DEV), torch.ones(k, device=DEV)
+    xl, wl, gl, bl = (t.detach().requires_grad_(True) for t in (x, w, gamma, beta))
+    y_shape = (n, k, *size)
+    dy = randn(*y_shape).contiguous(memory_format=CL)
+
+    def infer():
+        return ops.conv3d_affine_act(x, w, scale, shift, None, activation="relu", backend="triton")
+
+    def train():
+        y = ops.conv3d_batchnorm_act(xl, wl, gl, bl, rm, rv, None, None, activation="relu", backend="triton")
+        return (y,) + torch.autograd.grad(y, [xl, wl, gl, bl], dy)
+
+    def host_us(fn, calls=200 if not SMOKE else 2):
+        fn()
+        if not SMOKE:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        if not SMOKE:
+            torch.cuda.synchronize()
+        return (time.perf_counter() - t0) / calls * 1e6
+
+    results = {}
+    for direct in (False, True):
+        common.DIRECT_LAUNCH = direct and not SMOKE
+        with torch.no_grad():
+            inferred = infer()
+            t_inf = host_us(infer)
+        results[direct] = (inferred, train())
+        t_train = host_us(train)
+        row("launch", f"direct={direct} inference 1x1x1 {c}->{k}", t_inf / 1e3)
+        row("launch", f"direct={direct} training 1x1x1 {c}->{k}", t_train / 1e3)
+    same = all(torch.equal(a, b) for a, b in zip((results[False][0], *results[False][1]),
+                                                 (results[True][0], *results[True][1])))
+    row("launch", "direct and JIT launches give identical bits", 0.0, 0.0 if same else float("inf"), identical=same)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument("--smoke", action="store_true")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    torch.backends.cudnn.benchmark = True
+    env = environment()
+    print("gpu_probe:", env, flush=True)
+    for probe in (probe_launch, probe_splitk, probe_stem):
+        t0 = time.time()
+        try:
+            probe()
+        except Exception:
+            print(traceback.format_exc(), flush=True)
+            rows.append(dict(section=probe.__name__, name="probe FAILED", error=traceback.format_exc()[-1500:]))
+        print(f"[{probe.__name__} {time.time() - t0:.0f}s]", flush=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "gpu_probe.json").write_text(json.dumps({"environment": env, "rows": rows}, indent=1, default=str))
+    print("\n".join(f"{r['section']:7s} {r['name']:52s} {r.get('ms', float('nan')):9.4f} ms err {r.get('rel_err', '')}"
+                    for r in rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
