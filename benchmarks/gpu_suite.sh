@@ -3,7 +3,7 @@
 #   bash benchmarks/gpu_suite.sh [OUT_DIR]        (or VIDEO3D_FAST_RESULTS=OUT_DIR; default benchmarks/results/)
 #   QUICK=1 bash benchmarks/gpu_suite.sh          (fewer shapes and repetitions)
 # Steps: build the extension with its CUDA kernels (JIT, installs nothing), run the `gpu` tests, run the GPU
-# microbenchmarks, write JSON + markdown into OUT_DIR, print a short table last. Each step has a time limit so
+# microbenchmarks and benchmarks/gpu_probe.py, write JSON + markdown into OUT_DIR, print a short table last. Each step has a time limit so
 # that the whole suite ends in under 8 minutes; a failing step is reported and the suite goes on.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -55,6 +55,8 @@ step bench-ops 60 "$OUT_DIR/gpu_suite.log" "$PY" benchmarks/gpu_bench_ops.py --o
 if [ -f benchmarks/gpu_bench_triton.py ]; then
   step bench-triton 200 "$OUT_DIR/gpu_suite.log" "$PY" benchmarks/gpu_bench_triton.py --out "$OUT_DIR" --budget 165 $QUICK_FLAG
 fi
+# targeted probe (stem breakdown, split-K, launch overhead): its table lands in gpu_suite.log
+step probe 60 "$OUT_DIR/gpu_suite.log" "$PY" benchmarks/gpu_probe.py --out "${TMPDIR:-/tmp}/video3d_fast_probe"
 
 {
   echo; echo "| step | rc | time |"; echo "|---|---|---|"

@@ -42,6 +42,13 @@ def test_batchnorm_act_bf16_matches_reference_at_layer_size(name):
     check_batchnorm_act(p, True, seed=2, device="cuda")
 
 
+def test_stem_weight_gradient_on_the_triton_kernel_too(monkeypatch):
+    """The stem's weight gradient runs on cuDNN by default on a GPU (faster there); the Triton kernel
+    behind the switch must stay correct at the real size."""
+    monkeypatch.setenv("VIDEO3D_FAST_TRITON_STEM_WGRAD", "triton")
+    check_batchnorm_act(variant(LARGE["r50_stem"], dtype=BF16, layout="ndhwc"), True, seed=8, device="cuda")
+
+
 def test_ncdhw_bf16_input_is_converted_and_returned_ncdhw():
     check_affine_act(variant(LARGE["r50_l1_conv3_res"], dtype=BF16, layout="ncdhw"), True, seed=3, device="cuda")
 

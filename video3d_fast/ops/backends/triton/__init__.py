@@ -20,7 +20,9 @@ so the kernel modules are imported lazily, on the first call).
 What runs the inherited ATen composite instead: float64 data (every method; Triton's fp64 dot is
 not part of this backend's tested surface). Everything else -- fp16, bf16, fp32 (TF32 when
 ``torch.backends.cudnn.allow_tf32``), any stride/padding/dilation/groups, any layout -- runs the
-kernels here.
+kernels here, with one measured exception: the weight gradient of a narrow-channel stem (C = 3) on a
+GPU goes to cuDNN (H200, bf16, ResNeXt-101 stem at batch 8: cuDNN 1.32 ms, our best tiling 3.24 ms).
+``VIDEO3D_FAST_TRITON_STEM_WGRAD=triton`` keeps it on the Triton kernel.
 """
 from __future__ import annotations
 
@@ -42,6 +44,25 @@ def _interpret_requested() -> bool:
 
 def _uses_kernels(x: torch.Tensor) -> bool:
     return x.dtype in (torch.float16, torch.bfloat16, torch.float32)
+
+
+def _stem_wgrad_on_cudnn(x: torch.Tensor, p) -> bool:
+    """The C=3 stem's weight gradient on a GPU: cuDNN is 2.5x faster than our best tiling there (the
+    Triton kernel gathers 21-element input runs per filter row; see benchmarks/notes_triton.md)."""
+    return (x.is_cuda and p.groups == 1 and p.in_channels_per_group < 16
+            and os.environ.get("VIDEO3D_FAST_TRITON_STEM_WGRAD", "cudnn") != "triton")
+
+
+def _wgrad(gc: torch.Tensor, x: torch.Tensor, w: torch.Tensor, p) -> torch.Tensor:
+    """dL/dw in w's dtype and memory format."""
+    if _stem_wgrad_on_cudnn(x, p):
+        gw = torch.ops.aten.convolution_backward(
+            gc, x, w, None, list(p.stride), list(p.padding), list(p.dilation), False, [0, 0, 0], p.groups,
+            [False, True, False])[1]
+        return gw.contiguous(memory_format=memory_format_of(w))
+    from .conv3d_wgrad import conv3d_wgrad
+
+    return conv3d_wgrad(gc, x, w, p)
 
 
 class TritonBackend(Backend):
@@ -87,10 +108,9 @@ class TritonBackend(Backend):
             return super().conv3d_backward(grad, x, w, p, mask)
         from .bn import grad_sums
         from .conv3d_dgrad import conv3d_dgrad
-        from .conv3d_wgrad import conv3d_wgrad
 
         gx = conv3d_dgrad(grad, w, p, memory_format_of(x)) if mask[0] else None
-        gw = conv3d_wgrad(grad, x, w, p) if mask[1] else None
+        gw = _wgrad(grad, x, w, p) if mask[1] else None
         gb = grad_sums(grad, None, False)[0].to(grad.dtype) if mask[2] else None
         return gx, gw, gb
 
@@ -162,8 +182,7 @@ class TritonBackend(Backend):
     def _conv_grads(gc, x, w, p, mask):
         """(grad_input, grad_weight) of the conv from the conv-output gradient ``gc``."""
         from .conv3d_dgrad import conv3d_dgrad
-        from .conv3d_wgrad import conv3d_wgrad
 
         gx = conv3d_dgrad(gc, w, p, memory_format_of(x)) if mask[0] else None
-        gw = conv3d_wgrad(gc, x, w, p) if mask[1] else None
+        gw = _wgrad(gc, x, w, p) if mask[1] else None
         return gx, gw

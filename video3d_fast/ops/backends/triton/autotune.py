@@ -129,6 +129,8 @@ def wgrad_candidates(p: Conv3dParams, dtype: torch.dtype, device: torch.device) 
     bm = _out_block(kg, p.groups, p.out_channels, 128)
     ct = group_tiling(p.groups, kg, cg, bm).red_per_tile
     bn = 128 if ct % 128 == 0 and bm <= 64 else _block_k_for(ct, 64, 32)
+    if ct % 16:  # narrow taps (the C=3 stem): flattened 64-wide column blocks (see conv3d_wgrad.w_runs)
+        bn = 64
     bk = 64 if bm * bn <= 64 * 64 else 32
     return [KernelConfig(bm, bn, _half_k_for_fp32(bk, dtype), 4, 3),
             KernelConfig(bm, bn, _half_k_for_fp32(64 if bk == 32 else 32, dtype), 4, 3)]
