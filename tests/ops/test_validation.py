@@ -98,6 +98,29 @@ def test_batchnorm_act_rejects_bad_input_with_clear_error(overrides, error, mess
         batchnorm(**overrides)
 
 
+def test_memoised_training_form_checks_let_no_bad_call_through():
+    """The training form memoises its checks per argument signature too: every checked property of every
+    argument is part of the key."""
+    from video3d_fast.ops import functional
+
+    functional._BN_CHECKS.clear()
+    batchnorm()  # validated and memoised
+    assert len(functional._BN_CHECKS) == 1
+    batchnorm()
+    for overrides, error, message in [
+        (dict(running_var=None), ValueError, "both be given or both be None"),
+        (dict(running_mean=torch.zeros(7)), ValueError, "running_mean must have shape"),
+        (dict(bn_weight=torch.ones(8, dtype=torch.float16)), TypeError, "bn_weight dtype"),
+        (dict(eps=0.0), ValueError, "eps must be a positive number"),
+        (dict(momentum=1.5), ValueError, "momentum must be in"),
+        (dict(input=torch.randn(1, 4, 3, 3, 3), padding=0), ValueError, "more than 1 value per channel"),
+        (dict(activation="gelu"), ValueError, "activation must be one of"),
+        (dict(residual=torch.randn(2, 8, 5, 6, 7).double()), TypeError, "residual dtype"),
+    ]:
+        with pytest.raises(error, match=message):
+            batchnorm(**overrides)
+
+
 def test_padding_same_resolves_like_nn_conv3d():
     y = affine(padding="same")
     assert y.shape == (2, 8, 5, 6, 7)

@@ -50,6 +50,15 @@ _AFFINE_PLANS: dict = {}
 _PLANS_MAX = 4096
 
 
+# The training form's argument checks, memoised the same way (their result: params, relu, backend).
+_BN_CHECKS: dict = {}
+
+
+def _signature(t: Optional[torch.Tensor]):
+    """What the argument checks look at in a tensor argument (AttributeError for a non-tensor)."""
+    return None if t is None else (t.shape, t.dtype, t.device)
+
+
 class _AffinePlan:
     __slots__ = ("params", "relu", "backend", "run")
 
@@ -180,25 +189,42 @@ def conv3d_batchnorm_act(
     ``track_running_stats=False``); ``bn_weight``/``bn_bias`` None means ``affine=False``.
     Only the pre-BN conv output (and the output, for the ReLU mask) is kept for backward.
     """
-    relu = check_activation(activation)
-    input, weight, residual = _autocast(input, weight, residual)
-    p = make_params(input, weight, stride, padding, dilation, groups)
-    for name_, vec in (("bn_weight", bn_weight), ("bn_bias", bn_bias), ("running_mean", running_mean),
-                       ("running_var", running_var)):
-        check_channel_vector(vec, name_, p.out_channels, input, allow_none=True)
-    if (running_mean is None) != (running_var is None):
-        raise ValueError("running_mean and running_var must both be given or both be None")
-    check_residual(residual, p, input)
-    if not isinstance(eps, (int, float)) or eps <= 0:
-        raise ValueError(f"eps must be a positive number, got {eps!r}")
-    if momentum is not None and not 0.0 <= float(momentum) <= 1.0:
-        raise ValueError(f"momentum must be in [0, 1] or None, got {momentum!r}")
+    checked = key = None
+    if not torch.compiler.is_compiling() and not torch.is_autocast_enabled(
+            input.device.type if isinstance(input, torch.Tensor) else "cpu"):
+        try:
+            key = (_signature(input), _signature(weight), _signature(bn_weight), _signature(bn_bias),
+                   _signature(running_mean), _signature(running_var), _signature(residual),
+                   stride, padding, dilation, groups, momentum, eps, activation, backend)
+            checked = _BN_CHECKS.get(key)
+        except (AttributeError, TypeError):  # a non-tensor or an unhashable argument: the checks report it
+            key = None
+    if checked is not None:
+        p, relu, name = checked
+    else:
+        relu = check_activation(activation)
+        input, weight, residual = _autocast(input, weight, residual)
+        p = make_params(input, weight, stride, padding, dilation, groups)
+        for name_, vec in (("bn_weight", bn_weight), ("bn_bias", bn_bias), ("running_mean", running_mean),
+                           ("running_var", running_var)):
+            check_channel_vector(vec, name_, p.out_channels, input, allow_none=True)
+        if (running_mean is None) != (running_var is None):
+            raise ValueError("running_mean and running_var must both be given or both be None")
+        check_residual(residual, p, input)
+        if not isinstance(eps, (int, float)) or eps <= 0:
+            raise ValueError(f"eps must be a positive number, got {eps!r}")
+        if momentum is not None and not 0.0 <= float(momentum) <= 1.0:
+            raise ValueError(f"momentum must be in [0, 1] or None, got {momentum!r}")
+        if p.gemm_m <= 1:
+            raise ValueError(
+                f"expected more than 1 value per channel when training, got output shape {p.out_shape}"
+            )
+        name = resolve_backend(backend, input.device)
+        if key is not None:
+            if len(_BN_CHECKS) >= _PLANS_MAX:
+                _BN_CHECKS.clear()
+            _BN_CHECKS[key] = (p, relu, name)
     count = p.gemm_m
-    if count <= 1:
-        raise ValueError(
-            f"expected more than 1 value per channel when training, got output shape {p.out_shape}"
-        )
-    name = resolve_backend(backend, input.device)
     if name == "torch":
         return reference.conv3d_batchnorm_act(
             input, weight, bn_weight, bn_bias, running_mean, running_var, num_batches_tracked, residual,

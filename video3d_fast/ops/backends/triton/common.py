@@ -102,9 +102,19 @@ def kernel_strides(t: torch.Tensor) -> Tuple[int, ...]:
 
 
 def ndhwc_strides(t: torch.Tensor) -> Tuple[int, int, int, int, int]:
-    """Element strides (see kernel_strides) of a 5-D (N, C, D, H, W) tensor in (N, D, H, W, C) order."""
-    s = kernel_strides(t)
-    return s[0], s[2], s[3], s[4], s[1]
+    """Element strides (see kernel_strides) of a 5-D (N, C, D, H, W) tensor in (N, D, H, W, C) order.
+    Memoised per (shape, strides): the per-channel kernels call it for every tensor of every launch."""
+    key = (t.shape, t.stride())
+    hit = _ndhwc_cache.get(key)
+    if hit is None:
+        s = kernel_strides(t)
+        hit = _ndhwc_cache[key] = (s[0], s[2], s[3], s[4], s[1])
+        if len(_ndhwc_cache) > 4096:
+            _ndhwc_cache.clear()
+    return hit
+
+
+_ndhwc_cache: dict = {}
 
 
 def dense_like(shape, memory_format: torch.memory_format) -> torch.Tensor:
