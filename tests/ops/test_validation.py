@@ -82,17 +82,17 @@ def test_memoised_validation_of_a_good_call_lets_no_bad_call_through(backend):
             affine(padding=[1, -1, 1], backend=backend)
 
 
-@pytest.mark.parametrize(
-    "overrides, error, message",
-    [
-        (dict(running_var=None), ValueError, "both be given or both be None"),
-        (dict(running_mean=torch.zeros(7)), ValueError, "running_mean must have shape"),
-        (dict(bn_weight=torch.ones(8, dtype=torch.float16)), TypeError, "bn_weight dtype"),
-        (dict(eps=0.0), ValueError, "eps must be a positive number"),
-        (dict(momentum=1.5), ValueError, "momentum must be in"),
-        (dict(input=torch.randn(1, 4, 3, 3, 3), padding=0), ValueError, "more than 1 value per channel"),
-    ],
-)
+BATCHNORM_BAD = [
+    (dict(running_var=None), ValueError, "both be given or both be None"),
+    (dict(running_mean=torch.zeros(7)), ValueError, "running_mean must have shape"),
+    (dict(bn_weight=torch.ones(8, dtype=torch.float16)), TypeError, "bn_weight dtype"),
+    (dict(eps=0.0), ValueError, "eps must be a positive number"),
+    (dict(momentum=1.5), ValueError, "momentum must be in"),
+    (dict(input=torch.randn(1, 4, 3, 3, 3), padding=0), ValueError, "more than 1 value per channel"),
+]
+
+
+@pytest.mark.parametrize("overrides, error, message", BATCHNORM_BAD)
 def test_batchnorm_act_rejects_bad_input_with_clear_error(overrides, error, message):
     with pytest.raises(error, match=message):
         batchnorm(**overrides)
@@ -107,13 +107,7 @@ def test_memoised_training_form_checks_let_no_bad_call_through():
     batchnorm()  # validated and memoised
     assert len(functional._BN_CHECKS) == 1
     batchnorm()
-    for overrides, error, message in [
-        (dict(running_var=None), ValueError, "both be given or both be None"),
-        (dict(running_mean=torch.zeros(7)), ValueError, "running_mean must have shape"),
-        (dict(bn_weight=torch.ones(8, dtype=torch.float16)), TypeError, "bn_weight dtype"),
-        (dict(eps=0.0), ValueError, "eps must be a positive number"),
-        (dict(momentum=1.5), ValueError, "momentum must be in"),
-        (dict(input=torch.randn(1, 4, 3, 3, 3), padding=0), ValueError, "more than 1 value per channel"),
+    for overrides, error, message in BATCHNORM_BAD + [
         (dict(activation="gelu"), ValueError, "activation must be one of"),
         (dict(residual=torch.randn(2, 8, 5, 6, 7).double()), TypeError, "residual dtype"),
     ]:
