@@ -10,6 +10,9 @@
 2. ``splitk``: fprop of the deep 3x3x3 layers of ResNet-50 with the split-K heuristic vs split 1 vs cuDNN.
 3. ``launch``: host time per call of a launch-bound layer (inference and training form) with the
                direct compiled-kernel launch on and off, and whether both give identical bits.
+4. ``grouped``: ResNeXt-101's grouped 3x3x3 convs past stage 1 (where cuDNN still wins), fprop under
+               several tilings and split-K factors, dgrad and wgrad under the heuristic, against cuDNN
+               (shapes are runtime kernel arguments, so each tiling compiles once for all shapes).
 Every timed variant is checked against a float64 / cuDNN reference first. Writes DIR/gpu_probe.json and
 prints a table.
 """
@@ -217,6 +220,46 @@ def probe_launch():
     row("launch", "direct and JIT launches give identical bits", 0.0, 0.0 if same else float("inf"), identical=same)
 
 
+def probe_grouped():
+    # (C = K, spatial size, stride) at batch 8; 32 groups
+    shapes = [(32, (2, 4, 4), 1)] if SMOKE else [
+        (256, (4, 14, 14), 1), (512, (2, 7, 7), 1), (1024, (1, 4, 4), 1), (512, (4, 14, 14), 2)]
+    n, groups = (1, 8) if SMOKE else (8, 32)
+    configs = [] if SMOKE else [
+        autotune.KernelConfig(64, 32, 16, 4, 3), autotune.KernelConfig(64, 64, 32, 4, 3),
+        autotune.KernelConfig(32, 32, 16, 4, 3), autotune.KernelConfig(128, 32, 32, 4, 3),
+        autotune.KernelConfig(64, 32, 16, 4, 3, split_k=3), autotune.KernelConfig(32, 64, 64, 4, 2),
+    ]
+    from video3d_fast.ops.backends.triton import conv3d_dgrad
+
+    for c, size, s in shapes:
+        x = randn(n, c, *size).contiguous(memory_format=CL)
+        w = randn(c, c // groups, 3, 3, 3, scale=(27 * c // groups) ** -0.5).contiguous(memory_format=CL)
+        kw = dict(stride=(s, s, s), padding=(1, 1, 1), groups=groups)
+        p = make_params(x, w, **kw)
+        label = f"{c} g{groups} s{s} @{'x'.join(map(str, size))}"
+        ref = F.conv3d(x, w, None, **kw)
+        row("grouped", label + " cuDNN fprop", ms(lambda: F.conv3d(x, w, None, **kw)))
+        for cfg in [None] + configs:
+            name = "heuristic" if cfg is None else f"{cfg.block_m}x{cfg.block_n}x{cfg.block_k}/{cfg.num_stages}" + (
+                f" split {cfg.split_k}" if cfg.split_k else "")
+            try:
+                f = lambda: conv3d_fwd.conv3d_fwd(x, w, p, config=cfg)  # noqa: E731
+                row("grouped", f"{label} fprop {name}", ms(f), rel(f().out, ref))
+            except Exception as exc:
+                row("grouped", f"{label} fprop {name} FAILED", float("nan"), error=f"{type(exc).__name__}: {exc}"[:200])
+        dy = randn(*p.out_shape).contiguous(memory_format=CL)
+        cudnn_bwd = lambda: torch.ops.aten.convolution_backward(  # noqa: E731
+            dy, x, w, None, list(p.stride), list(p.padding), list(p.dilation), False, [0, 0, 0], groups,
+            [True, True, False])
+        gx_ref, gw_ref = cudnn_bwd()[:2]
+        row("grouped", label + " cuDNN dgrad+wgrad", ms(cudnn_bwd))
+        dgrad = lambda: conv3d_dgrad.conv3d_dgrad(dy, w, p, CL)  # noqa: E731
+        wgrad = lambda: conv3d_wgrad.conv3d_wgrad(dy, x, w, p)  # noqa: E731
+        row("grouped", label + " dgrad heuristic", ms(dgrad), rel(dgrad(), gx_ref))
+        row("grouped", label + " wgrad heuristic", ms(wgrad), rel(wgrad(), gw_ref))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="benchmarks/results")
@@ -226,7 +269,7 @@ def main() -> int:
     torch.backends.cudnn.benchmark = True
     env = environment()
     print("gpu_probe:", env, flush=True)
-    for probe in (probe_launch, probe_splitk, probe_stem):
+    for probe in (probe_launch, probe_splitk, probe_stem, probe_grouped):
         t0 = time.time()
         try:
             probe()
@@ -239,7 +282,11 @@ def main() -> int:
     (out / "gpu_probe.json").write_text(json.dumps({"environment": env, "rows": rows}, indent=1, default=str))
     print("\n".join(f"{r['section']:7s} {r['name']:52s} {r.get('ms', float('nan')):9.4f} ms err {r.get('rel_err', '')}"
                     for r in rows))
-    return 0
+    # a variant that failed, or an output with NaN/inf (rel() gives inf), makes the probe fail
+    bad = [r["name"] for r in rows if "FAILED" in r["name"] or r.get("rel_err") == float("inf")]
+    if bad:
+        print("gpu_probe: failed rows:", bad)
+    return 1 if bad else 0
 
 
 if __name__ == "__main__":

@@ -56,7 +56,7 @@ if [ -f benchmarks/gpu_bench_triton.py ]; then
   step bench-triton 200 "$OUT_DIR/gpu_suite.log" "$PY" benchmarks/gpu_bench_triton.py --out "$OUT_DIR" --budget 165 $QUICK_FLAG
 fi
 # targeted probe (stem breakdown, split-K, launch overhead): its table lands in gpu_suite.log
-step probe 60 "$OUT_DIR/gpu_suite.log" "$PY" benchmarks/gpu_probe.py --out "${TMPDIR:-/tmp}/video3d_fast_probe"
+step probe 90 "$OUT_DIR/gpu_suite.log" "$PY" benchmarks/gpu_probe.py --out "${TMPDIR:-/tmp}/video3d_fast_probe"
 
 {
   echo; echo "| step | rc | time |"; echo "|---|---|---|"

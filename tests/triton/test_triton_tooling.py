@@ -3,6 +3,7 @@ sm_90 (compile_check.py), the GPU tile heuristics stay inside the spill-free set
 opcheck and torch.compile with backend="triton", and the GPU benchmark's plumbing runs (--smoke)."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -90,3 +91,13 @@ def test_gpu_benchmark_smoke_run_writes_results(tmp_path):
     assert gpu_bench_triton.main(["--smoke", "--out", str(tmp_path)]) == 0
     md = (tmp_path / "triton_conv.md").read_text()
     assert "inference form, sum over ResNet-50" in md and "training form fwd+bwd" in md and "grouped 3x3x3" in md
+
+
+@pytest.mark.slow
+def test_gpu_probe_smoke_run_checks_every_variant(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "benchmarks/gpu_probe.py", "--smoke", "--out", str(tmp_path)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = json.loads((tmp_path / "gpu_probe.json").read_text())["rows"]
+    assert {r["section"] for r in rows} == {"launch", "splitk", "stem", "grouped"}
