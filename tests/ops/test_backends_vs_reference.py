@@ -151,7 +151,7 @@ def test_cpu_backend_on_resnet_layer_shapes(dtype):
         assert_close(y, reference.conv3d_affine_act(x, w, scale, shift, res, **p.conv_kwargs), dtype, f"case {i}")
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("weight_layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("rows", ["short", "long"])
 def test_cpu_weight_gradient_on_both_routes_and_weight_layouts(rows, weight_layout, dtype):
@@ -183,7 +183,7 @@ def test_cpu_weight_gradient_on_both_routes_and_weight_layouts(rows, weight_layo
         with poison_outputs():
             y.backward(grad)
         y_ref.backward(grad)
-        factor = {torch.float32: 50.0, torch.float64: 10.0, torch.bfloat16: 3.0}[dtype]
+        factor = {torch.float32: 50.0, torch.float64: 10.0, torch.bfloat16: 3.0, torch.float16: 3.0}[dtype]
         assert_close(ours[1].grad, refs[1].grad, dtype, f"{form}: grad weight", factor)
         assert_close(ours[0].grad, refs[0].grad, dtype, f"{form}: grad input", factor)
         assert memory_format_of(ours[1].grad) == memory_format_of(w), f"{form}: weight gradient layout"
