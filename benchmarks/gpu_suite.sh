@@ -66,4 +66,6 @@ step probe 90 "$OUT_DIR/gpu_suite.log" "$PY" benchmarks/gpu_probe.py --out "${TM
   for f in "$OUT_DIR"/gpu_ops.md "$OUT_DIR"/triton_conv.md; do
     [ -f "$f" ] && { echo; grep -E '^(#|- |\*\*)' "$f" | head -n 20; }
   done
+  echo; echo "probe (benchmarks/gpu_probe.py; full table in gpu_suite.log):"
+  grep -E '^(launch|splitk|stem|grouped) .* ms  err' "$OUT_DIR/gpu_suite.log" | cut -c1-100 | tail -n 60
 } | tee -a "$SUMMARY"
