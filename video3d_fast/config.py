@@ -108,6 +108,9 @@ class Config:
     amp: str = _opt("none", "mixed precision (fp16 uses a GradScaler)", ["none", "bf16", "fp16"])
     channels_last: bool = _opt(False, "channels_last_3d activations and weights")
     compile: bool = _opt(False, "torch.compile the model")
+    compile_mode: str = _opt("default", "torch.compile mode; reduce-overhead replays CUDA graphs, which removes "
+                             "the per-layer host time that dominates small-batch GPU training",
+                             ["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"])
     accumulation_steps: int = _opt(1, "micro-batches accumulated per optimizer step")
     warmup_epochs: float = _opt(0.0, "linear lr warm-up from 0, in epochs (fractions allowed), applied per iteration")
     cosine_min_lr: float = _opt(0.0, "cosine schedule floor")

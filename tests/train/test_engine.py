@@ -165,3 +165,16 @@ def test_compiled_model_trains_and_saves_plain_keys(files, tmp_path):
     assert math.isfinite(summary["train"][0].loss)
     keys = load_checkpoint_file(tmp_path / "c" / "last.pth")["state_dict"].keys()
     assert keys == runner.model.state_dict().keys() and not any("_orig_mod" in k for k in keys)
+
+
+def test_compile_mode_reaches_torch_compile(files, tmp_path, monkeypatch):
+    seen = {}
+
+    def fake_compile(model, mode=None, **kw):
+        seen["mode"] = mode
+        return model
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    Runner(tiny_config(files, tmp_path / "m", n_epochs=1, no_val=True, compile=True,
+                       compile_mode="reduce-overhead")).run()
+    assert seen["mode"] == "reduce-overhead"

@@ -179,7 +179,7 @@ class Runner:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp == "fp16")
         self.step_model = self.model
         if cfg.compile:
-            self.step_model = torch.compile(self.step_model)
+            self.step_model = torch.compile(self.step_model, mode=cfg.compile_mode)
         if self.ctx.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.step_model = nn.parallel.DistributedDataParallel(self.step_model, device_ids=ids)
