@@ -219,6 +219,22 @@ def probe_launch():
                                                  (results[True][0], *results[True][1])))
     row("launch", "direct and JIT launches give identical bits", 0.0, 0.0 if same else float("inf"), identical=same)
 
+    # where the training step's host time goes: forward alone, backward alone, ours and eager's
+    def fwd_ours():
+        return ops.conv3d_batchnorm_act(xl, wl, gl, bl, rm, rv, None, None, activation="relu", backend="triton")
+
+    def fwd_eager():
+        return torch.relu(F.batch_norm(F.conv3d(xl, wl), rm, rv, gl, bl, True, 0.1, 1e-5))
+
+    for name, fwd in (("ours", fwd_ours), ("eager", fwd_eager)):
+        t_fwd = host_us(fwd)
+        ys = [fwd() for _ in range(201 if not SMOKE else 3)]
+        it = iter(ys)
+        t_bwd = host_us(lambda: torch.autograd.grad(next(it), [xl, wl, gl, bl], dy))
+        row("launch", f"host per call, {name}: forward (graph recorded)", t_fwd / 1e3)
+        row("launch", f"host per call, {name}: backward (autograd.grad)", t_bwd / 1e3)
+        del ys, it
+
 
 def probe_grouped():
     # (C = K, spatial size, stride) at batch 8; 32 groups
