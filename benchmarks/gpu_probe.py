@@ -270,10 +270,29 @@ def probe_grouped():
             [True, True, False])
         gx_ref, gw_ref = cudnn_bwd()[:2]
         row("grouped", label + " cuDNN dgrad+wgrad", ms(cudnn_bwd))
-        dgrad = lambda: conv3d_dgrad.conv3d_dgrad(dy, w, p, CL)  # noqa: E731
-        wgrad = lambda: conv3d_wgrad.conv3d_wgrad(dy, x, w, p)  # noqa: E731
-        row("grouped", label + " dgrad heuristic", ms(dgrad), rel(dgrad(), gx_ref))
-        row("grouped", label + " wgrad heuristic", ms(wgrad), rel(wgrad(), gw_ref))
+        # wgrad: the heuristic's column block is one tap of the tile's groups, so dy is re-read once per
+        # tap (27x); wider blocks span several taps through the flattened loop
+        bwd_configs = [("heuristic", None)] + ([] if SMOKE else [
+            ("64 cols", autotune.KernelConfig(16, 64, 64, 4, 3)),
+            ("128 cols", autotune.KernelConfig(16, 128, 32, 4, 3)),
+            ("64 cols, 32 rows", autotune.KernelConfig(32, 64, 64, 4, 3)),
+            ("128 cols split 8", autotune.KernelConfig(16, 128, 32, 4, 3, split_k=8))])
+        dgrad_configs = [("heuristic", None)] + ([] if SMOKE else [
+            ("64x32x16", autotune.KernelConfig(64, 32, 16, 4, 3)),
+            ("32x32x16", autotune.KernelConfig(32, 32, 16, 4, 3)),
+            ("128x32x32", autotune.KernelConfig(128, 32, 32, 4, 3))])
+        for name, cfg in dgrad_configs:
+            try:
+                f = lambda: conv3d_dgrad.conv3d_dgrad(dy, w, p, CL, config=cfg)  # noqa: E731
+                row("grouped", f"{label} dgrad {name}", ms(f), rel(f(), gx_ref))
+            except Exception as exc:
+                row("grouped", f"{label} dgrad {name} FAILED", float("nan"), error=f"{type(exc).__name__}: {exc}"[:200])
+        for name, cfg in bwd_configs:
+            try:
+                f = lambda: conv3d_wgrad.conv3d_wgrad(dy, x, w, p, config=cfg)  # noqa: E731
+                row("grouped", f"{label} wgrad {name}", ms(f), rel(f(), gw_ref))
+            except Exception as exc:
+                row("grouped", f"{label} wgrad {name} FAILED", float("nan"), error=f"{type(exc).__name__}: {exc}"[:200])
 
 
 def main() -> int:
