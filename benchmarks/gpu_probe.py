@@ -233,7 +233,7 @@ def probe_launch():
         t_bwd = host_us(lambda: torch.autograd.grad(next(it), [xl, wl, gl, bl], dy))
         row("launch", f"host per call, {name}: forward (graph recorded)", t_fwd / 1e3)
         row("launch", f"host per call, {name}: backward (autograd.grad)", t_bwd / 1e3)
-        del ys, it
+        ys = it = None  # free the recorded graphs before the next variant (not del: the lambda names it)
 
 
 def probe_grouped():
