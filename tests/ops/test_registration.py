@@ -123,6 +123,34 @@ def test_autocast_runs_fused_ops_in_bfloat16_like_f_conv3d(backend):
     assert_close(y, expected, torch.bfloat16, "autocast output")
 
 
+def test_autocast_calls_use_the_memoised_plans_keyed_on_the_autocast_dtype():
+    """Mixed-precision inference and training keep the memoised checks: the autocast dtype is part of the
+    key, and the casts still happen on every call."""
+    from video3d_fast.ops import functional
+
+    p = ConvProblem(dtype=torch.float32, residual=True)
+    x, w, scale, shift, res = p.make(torch.Generator().manual_seed(14))
+    functional._AFFINE_PLANS.clear()
+    functional._BN_CHECKS.clear()
+    outs = []
+    with torch.no_grad():
+        for _ in range(2):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                outs.append(ops.conv3d_affine_act(x, w, scale, shift, res, backend="cpu", **p.conv_kwargs))
+        plain = ops.conv3d_affine_act(x, w, scale, shift, res, backend="cpu", **p.conv_kwargs)
+    assert len(functional._AFFINE_PLANS) == 2  # one autocast plan, one fp32 plan
+    assert outs[0].dtype == outs[1].dtype == torch.bfloat16 and plain.dtype == torch.float32
+    assert torch.equal(outs[0], outs[1])
+    stats = (torch.ones(p.k), torch.zeros(p.k), torch.zeros(p.k), torch.ones(p.k))
+    ys = []
+    for _ in range(2):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            ys.append(ops.conv3d_batchnorm_act(leaf(x), leaf(w), *stats, None, res, backend="cpu", **p.conv_kwargs))
+    assert len(functional._BN_CHECKS) == 1
+    assert ys[0].dtype == ys[1].dtype == torch.bfloat16
+    assert ys[1].grad_fn is not None
+
+
 @pytest.mark.parametrize("backend", ["cpu", "aten"])
 def test_eager_fast_path_and_custom_ops_give_identical_values_and_grads(backend, monkeypatch):
     """Eager calls run an autograd.Function twin of each custom op (same implementations): both routes

@@ -59,6 +59,13 @@ def _signature(t: Optional[torch.Tensor]):
     return None if t is None else (t.shape, t.dtype, t.device)
 
 
+def _autocast_dtype(input: torch.Tensor) -> Optional[torch.dtype]:
+    """The dtype autocast casts the activations/weights to (None when off): part of every memo key,
+    since the checks see the cast tensors."""
+    device_type = input.device.type
+    return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+
+
 class _AffinePlan:
     __slots__ = ("params", "relu", "backend", "run")
 
@@ -124,17 +131,15 @@ def conv3d_affine_act(
     plan = key = None
     if not torch.compiler.is_compiling():
         try:
-            key = (input.shape, input.dtype, input.device, weight.shape, weight.dtype, weight.device,
-                   scale.shape, scale.dtype, scale.device, shift.shape, shift.dtype, shift.device,
-                   None if residual is None else (residual.shape, residual.dtype, residual.device),
-                   stride, padding, dilation, groups, activation, backend)
+            key = (_signature(input), _signature(weight), _signature(scale), _signature(shift),
+                   _signature(residual), _autocast_dtype(input), stride, padding, dilation, groups, activation,
+                   backend)
             plan = _AFFINE_PLANS.get(key)
         except (AttributeError, TypeError):  # a non-tensor or an unhashable argument: the checks report it
             key = None
-        if plan is not None and torch.is_autocast_enabled(input.device.type):
-            plan = key = None  # autocast changes the dtypes the checks saw
     if plan is not None:
         p, relu, name = plan.params, plan.relu, plan.backend
+        input, weight, residual = _autocast(input, weight, residual)  # the key holds the autocast dtype
         if plan.run is not None and not library.use_custom_ops() and not library.needs_autograd(
                 input, weight, scale, shift, residual):
             return plan.run(input, weight, scale, shift, residual)
@@ -146,7 +151,7 @@ def conv3d_affine_act(
         check_channel_vector(shift, "shift", p.out_channels, input)
         check_residual(residual, p, input)
         name = resolve_backend(backend, input.device)
-        if key is not None and not torch.is_autocast_enabled(input.device.type):
+        if key is not None:
             if len(_AFFINE_PLANS) >= _PLANS_MAX:
                 _AFFINE_PLANS.clear()
             _AFFINE_PLANS[key] = _AffinePlan(p, relu, name)
@@ -190,17 +195,17 @@ def conv3d_batchnorm_act(
     Only the pre-BN conv output (and the output, for the ReLU mask) is kept for backward.
     """
     checked = key = None
-    if not torch.compiler.is_compiling() and not torch.is_autocast_enabled(
-            input.device.type if isinstance(input, torch.Tensor) else "cpu"):
+    if not torch.compiler.is_compiling():
         try:
             key = (_signature(input), _signature(weight), _signature(bn_weight), _signature(bn_bias),
                    _signature(running_mean), _signature(running_var), _signature(residual),
-                   stride, padding, dilation, groups, momentum, eps, activation, backend)
+                   _autocast_dtype(input), stride, padding, dilation, groups, momentum, eps, activation, backend)
             checked = _BN_CHECKS.get(key)
         except (AttributeError, TypeError):  # a non-tensor or an unhashable argument: the checks report it
             key = None
     if checked is not None:
         p, relu, name = checked
+        input, weight, residual = _autocast(input, weight, residual)  # the key holds the autocast dtype
     else:
         relu = check_activation(activation)
         input, weight, residual = _autocast(input, weight, residual)
