@@ -42,7 +42,9 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import environment, markdown_table, results_dir, time_cpu, time_cuda, write_results  # noqa: E402,E501
+from benchmarks.common import (  # noqa: E402
+    cuda_graph, environment, markdown_table, results_dir, time_cpu, time_cuda, write_results,
+)
 from video3d_fast import ops  # noqa: E402
 from video3d_fast.models import conv_layer_shapes, unique_conv_shapes  # noqa: E402  (fails loudly if missing)
 from video3d_fast.ops.params import make_params  # noqa: E402
@@ -81,25 +83,8 @@ class Bench:
         """Time of ``fn`` replayed as a CUDA graph: GPU time without the host's launch overhead."""
         if self.device != "cuda":
             return float("nan")
-        # Two attempts: the first capture of the ResNeXt-101 stem's training step failed on the H200 in two
-        # runs ("operation failed due to a previous error during capture") while every later capture, and
-        # the same step captured alone (gpu_probe.py), worked; a second attempt tells a one-off apart.
-        for attempt in (1, 2):
-            try:
-                side = torch.cuda.Stream()
-                side.wait_stream(torch.cuda.current_stream())
-                with torch.cuda.stream(side):  # warm up (cuDNN algorithm search, allocations) outside capture
-                    for _ in range(2):
-                        fn()
-                torch.cuda.current_stream().wait_stream(side)
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph):
-                    fn()
-                return self.time_ms(graph.replay)
-            except Exception as exc:  # keep benchmarking; the row shows NaN and the notes say why
-                self.graph_failures.append(f"attempt {attempt}: {type(exc).__name__}: {str(exc)[:160]}")
-                torch.cuda.synchronize()
-        return float("nan")
+        graph = cuda_graph(fn, self.graph_failures)
+        return float("nan") if graph is None else self.time_ms(graph.replay)
 
     def sync(self):
         if self.device == "cuda":

@@ -34,7 +34,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import environment, time_cpu, time_cuda  # noqa: E402
+from benchmarks.common import cuda_graph, environment, time_cpu, time_cuda  # noqa: E402
 from video3d_fast import ops  # noqa: E402
 from video3d_fast.ops.backends.triton import autotune, bn, common, conv3d_fwd, conv3d_wgrad  # noqa: E402
 from video3d_fast.ops.params import make_params  # noqa: E402
@@ -132,21 +132,12 @@ def probe_stem():
     row("stem", "whole step ours (eager)", ms(ours_step), max(rel(a, e) for a, e in zip(ours_step(), eager_step())))
     row("stem", "whole step cuDNN eager", ms(eager_step))
     if not SMOKE:
-        try:
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                for _ in range(2):
-                    ours_step()
-            torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                ours_step()
-            row("stem", "whole step ours (CUDA graph)", ms(graph.replay))
-        except Exception:
-            tb = traceback.format_exc()
-            print(tb, flush=True)
-            row("stem", "whole step ours (CUDA graph) FAILED", float("nan"), error=tb[-1500:])
+        failures = []
+        graph = cuda_graph(ours_step, failures)
+        if graph is not None:
+            row("stem", "whole step ours (CUDA graph)", ms(graph.replay), attempts=len(failures) + 1)
+        else:
+            row("stem", "whole step ours (CUDA graph) FAILED", float("nan"), error=" | ".join(failures))
 
 
 def probe_splitk():
