@@ -3,7 +3,7 @@
 #   bash benchmarks/gpu_suite.sh [OUT_DIR]        (or VIDEO3D_FAST_RESULTS=OUT_DIR; default benchmarks/results/)
 #   QUICK=1 bash benchmarks/gpu_suite.sh          (fewer shapes and repetitions)
 # Steps: build the extension with its CUDA kernels (JIT, installs nothing), run the `gpu` tests, run the GPU
-# microbenchmarks and benchmarks/gpu_probe.py, write JSON + markdown into OUT_DIR, print a short table last. Each step has a time limit so
+# microbenchmarks, the whole-network benchmark and benchmarks/gpu_probe.py, write JSON + markdown into OUT_DIR, print a short table last. Each step has a time limit so
 # that the whole suite ends in under 8 minutes; a failing step is reported and the suite goes on.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -55,6 +55,7 @@ step bench-ops 60 "$OUT_DIR/gpu_suite.log" "$PY" benchmarks/gpu_bench_ops.py --o
 if [ -f benchmarks/gpu_bench_triton.py ]; then
   step bench-triton 200 "$OUT_DIR/gpu_suite.log" "$PY" benchmarks/gpu_bench_triton.py --out "$OUT_DIR" --budget 165 $QUICK_FLAG
 fi
+step bench-models 150 "$OUT_DIR/gpu_suite.log" "$PY" benchmarks/gpu_bench_models.py --out "$OUT_DIR" $QUICK_FLAG
 # targeted probe (stem breakdown, split-K, launch overhead): its table lands in gpu_suite.log
 step probe 90 "$OUT_DIR/gpu_suite.log" "$PY" benchmarks/gpu_probe.py --out "${TMPDIR:-/tmp}/video3d_fast_probe"
 
@@ -63,9 +64,17 @@ step probe 90 "$OUT_DIR/gpu_suite.log" "$PY" benchmarks/gpu_probe.py --out "${TM
   printf '%s\n' "${status_rows[@]}"
   echo; echo "total $(( $(date +%s) - suite_start ))s"
   echo; echo "gpu tests:"; grep -E "passed|failed|error" "$OUT_DIR/gpu_tests.log" | tail -n 5
-  for f in "$OUT_DIR"/gpu_ops.md "$OUT_DIR"/triton_conv.md; do
+  for f in "$OUT_DIR"/gpu_ops.md "$OUT_DIR"/triton_conv.md "$OUT_DIR"/gpu_models.md; do
     [ -f "$f" ] && { echo; grep -E '^(#|- |\*\*)' "$f" | head -n 20; }
   done
   echo; echo "probe (benchmarks/gpu_probe.py; full table in gpu_suite.log):"
   grep -E '^(launch|splitk|stem|grouped) .* ms  err' "$OUT_DIR/gpu_suite.log" | cut -c1-100 | tail -n 60
 } | tee -a "$SUMMARY"
+
+# A device call returns at most 8 files from its output folder: fold the small text files into the log
+# (7 files remain: gpu_suite.log, gpu_suite_summary.md, gpu_ops/triton_conv/gpu_models .json + .md).
+for f in gpu_tests.log triton_host_profile.txt; do
+  if [ -f "$OUT_DIR/$f" ]; then
+    { echo; echo "=== $f"; cat "$OUT_DIR/$f"; } >> "$OUT_DIR/gpu_suite.log" && rm -f "$OUT_DIR/$f"
+  fi
+done

@@ -93,11 +93,23 @@ def test_gpu_benchmark_smoke_run_writes_results(tmp_path):
     assert "inference form, sum over ResNet-50" in md and "training form fwd+bwd" in md and "grouped 3x3x3" in md
 
 
+def _smoke_rows(script: str, result: str, tmp_path) -> list:
+    """Run ``benchmarks/<script> --smoke`` (CPU interpreter) in a subprocess; the rows it wrote."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, f"benchmarks/{script}", "--smoke", "--out", str(tmp_path)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads((tmp_path / result).read_text())["rows"]
+
+
 @pytest.mark.slow
 def test_gpu_probe_smoke_run_checks_every_variant(tmp_path):
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.run([sys.executable, "benchmarks/gpu_probe.py", "--smoke", "--out", str(tmp_path)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    rows = json.loads((tmp_path / "gpu_probe.json").read_text())["rows"]
+    rows = _smoke_rows("gpu_probe.py", "gpu_probe.json", tmp_path)
     assert {r["section"] for r in rows} == {"launch", "splitk", "stem", "grouped"}
+
+
+@pytest.mark.slow
+def test_whole_network_benchmark_smoke_run(tmp_path):
+    rows = _smoke_rows("gpu_bench_models.py", "gpu_models.json", tmp_path)
+    assert [(r["model"], r["mode"]) for r in rows] == [("r18", "train"), ("r18", "eval")]
+    assert all(r["ok"] for r in rows)
