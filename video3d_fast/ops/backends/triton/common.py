@@ -17,7 +17,11 @@ from typing import Optional, Tuple
 import torch
 import triton
 import triton.language as tl
-from triton import knobs
+
+try:  # launch hooks live here in the Triton versions whose launcher API the direct launch uses (3.6, 3.8 read)
+    from triton import knobs
+except ImportError:  # pragma: no cover - older Triton: always launch through the JIT
+    knobs = None
 
 # Triton decides at decoration time whether a kernel is compiled or interpreted; remember the
 # mode the kernels of this package were defined in (see TritonBackend.device_reason).
@@ -43,7 +47,8 @@ class LaunchPlan:
 # host time per launch, several launches per layer); after the first call of a specialisation its
 # compiled kernel is called directly.
 # ------------------------------------------------------------------------------------------------
-DIRECT_LAUNCH = not INTERPRETED and os.environ.get("VIDEO3D_FAST_TRITON_DIRECT_LAUNCH", "1") != "0"
+DIRECT_LAUNCH = (not INTERPRETED and knobs is not None
+                 and os.environ.get("VIDEO3D_FAST_TRITON_DIRECT_LAUNCH", "1") != "0")
 _compiled: dict = {}
 
 
