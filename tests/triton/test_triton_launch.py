@@ -1,0 +1,91 @@
+"""The direct launch of compiled Triton kernels (``backends/triton/common.launch``), on a stand-in kernel.
+
+On a GPU every kernel test goes through it; here (interpreter, where it is off) a stand-in JIT function
+pins the caching rules: the JIT compiles once per specialisation, later calls go to the compiled kernel
+with the constexprs in parameter order, and anything the JIT specialises on makes a new entry.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from video3d_fast.ops.backends.triton import common
+
+
+class _Compiled:
+    """What Triton's JIT returns: a launcher taking grid, stream, function, metadata, hooks, args."""
+
+    def __init__(self, calls):
+        self.calls, self.function, self.packed_metadata = calls, "fn", "meta"
+
+    def run(self, gx, gy, gz, stream, function, metadata, launch_metadata, enter, exit_, *args):
+        self.calls.append(("direct", (gx, gy, gz), stream, args))
+
+
+class _Kernel:
+    """Stand-in for a JITFunction with parameters (x_ptr, y_ptr, n, BLOCK, FLAG)."""
+
+    arg_names = ["x_ptr", "y_ptr", "n", "BLOCK", "FLAG"]
+
+    def __init__(self):
+        self.calls = []
+
+    def __getitem__(self, grid):
+        def jit(*args, **kwargs):
+            self.calls.append(("jit", grid, args, kwargs))
+            return _Compiled(self.calls)
+        return jit
+
+
+@pytest.fixture
+def direct(monkeypatch):
+    monkeypatch.setattr(common, "DIRECT_LAUNCH", True)
+    monkeypatch.setattr(common, "_compiled", {})
+    monkeypatch.setattr(common, "_launch_hooks_set", lambda: False)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch._C, "_cuda_getCurrentRawStream", lambda device: 1234, raising=False)
+
+
+def test_second_call_launches_the_compiled_kernel_with_constexprs_in_parameter_order(direct):
+    k = _Kernel()
+    x, y = torch.randn(64), torch.randn(64)
+    consts = dict(FLAG=True, BLOCK=32, num_warps=4)  # kwargs order differs from the parameter order
+    common.launch(k, (3,), (x, y), (64,), consts)
+    common.launch(k, (3,), (x, y), (64,), consts)
+    assert [c[0] for c in k.calls] == ["jit", "direct"]
+    assert k.calls[0][2] == (x, y, 64) and k.calls[0][3] == consts
+    _, grid, stream, args = k.calls[1]
+    assert grid == (3, 1, 1) and stream == 1234
+    assert args[:2] == (x, y) and args[2:] == (64, 32, True)  # n, BLOCK, FLAG; num_warps is an option
+
+
+@pytest.mark.parametrize("change", ["dtype", "alignment", "int_arg", "constexpr"])
+def test_anything_the_jit_specialises_on_takes_the_jit_again(direct, change):
+    k = _Kernel()
+    base = torch.randn(65)
+    x, y, n, consts = base[:64], torch.randn(64), 64, dict(BLOCK=32, FLAG=False)
+    common.launch(k, (1,), (x, y), (n,), consts)
+    if change == "dtype":
+        x = x.double()
+    elif change == "alignment":
+        x = base[1:]  # 4 bytes past a 16-byte boundary
+        assert x.data_ptr() % 16
+    elif change == "int_arg":
+        n = 1
+    else:
+        consts = dict(BLOCK=64, FLAG=False)
+    common.launch(k, (1,), (x, y), (n,), consts)
+    assert [c[0] for c in k.calls] == ["jit", "jit"]
+
+
+def test_a_launch_hook_or_the_switch_keeps_every_call_on_the_jit(direct, monkeypatch):
+    k = _Kernel()
+    x = torch.randn(16)
+    monkeypatch.setattr(common, "_launch_hooks_set", lambda: True)
+    for _ in range(2):
+        common.launch(k, (1,), (x, x), (16,), dict(BLOCK=16, FLAG=True))
+    monkeypatch.setattr(common, "_launch_hooks_set", lambda: False)
+    monkeypatch.setattr(common, "DIRECT_LAUNCH", False)
+    for _ in range(2):
+        common.launch(k, (1,), (x, x), (16,), dict(BLOCK=16, FLAG=True))
+    assert [c[0] for c in k.calls] == ["jit"] * 4
