@@ -143,7 +143,7 @@ def probe_stem():
 def probe_splitk():
     shapes = [(64, 64, (8, 28, 28), 1)] if SMOKE else [
         (256, 256, (2, 7, 7), 1), (512, 512, (1, 4, 4), 1), (256, 256, (4, 14, 14), 2),
-        (512, 512, (2, 7, 7), 2), (128, 128, (4, 14, 14), 1)]
+        (512, 512, (2, 7, 7), 2), (128, 128, (4, 14, 14), 1), (128, 128, (8, 28, 28), 2), (64, 64, (8, 28, 28), 1)]
     n = 1 if SMOKE else 8
     if SMOKE:
         shapes = [(16, 16, (2, 3, 3), 1)]
@@ -160,8 +160,12 @@ def probe_splitk():
                                    + shift.view(1, -1, 1, 1, 1).to(DT))
         row("splitk", label + " cuDNN conv+affine+relu", ms(cudnn), rel(cudnn(), ref))
         base = autotune.fwd_candidates(p, DT, x.device)[0]
-        for name, cfg in (("heuristic", base), ("split 1", autotune.KernelConfig(
-                base.block_m, base.block_n, base.block_k, base.num_warps, base.num_stages, split_k=1))):
+        def split(k):
+            return autotune.KernelConfig(base.block_m, base.block_n, base.block_k, base.num_warps, base.num_stages,
+                                         split_k=k)
+
+        # the heuristic splits only below one CTA per SM; 2-4 slices show whether 1-2 waves want it too
+        for name, cfg in [("heuristic", base)] + [(f"split {k}", split(k)) for k in ((1,) if SMOKE else (1, 2, 4))]:
             plan = conv3d_fwd._fwd_plan(p, cfg, CL, None, {"STATS": False}, x.device)
             f = lambda: conv3d_fwd.conv3d_fwd(x, w, p, scale=scale, shift=shift, relu=True, config=cfg)  # noqa: E731
             row("splitk", f"{label} ours {name}", ms(f), rel(f().out, ref), split=plan.conv.grid[2])
