@@ -4,14 +4,22 @@ tiny autotune over a few candidates, cached per (device, op, problem).
 Defaults are conservative on purpose: num_warps=4 everywhere (the flattened-tap implicit-GEMM loop is
 known to miscompile with 8 warps in Inductor's conv template, pytorch #173068), 2-3 pipeline stages,
 tiles no larger than 128x128. ``VIDEO3D_FAST_TRITON_AUTOTUNE=1`` times the candidates once per problem
-on the device and keeps the fastest; under the interpreter small tiles are used so that tests cover
-several tiles per problem quickly.
+on the device (forward candidates include split-K factors) and keeps the fastest, in memory and in a
+JSON file keyed by GPU name, Triton version, op, problem and dtype
+(``VIDEO3D_FAST_TRITON_AUTOTUNE_CACHE``, default ``~/.cache/video3d_fast/triton_autotune.json``), so a
+later process starts tuned. Under the interpreter small tiles are used so that tests cover several
+tiles per problem quickly.
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
+import tempfile
+import warnings
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Tuple
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -110,8 +118,13 @@ def _gemm_tile_candidates(rows: int, out_per_group: int, red_per_group: int, gro
 
 
 def fwd_candidates(p: Conv3dParams, dtype: torch.dtype, device: torch.device) -> List[KernelConfig]:
-    return _gemm_tile_candidates(p.gemm_m, p.out_channels_per_group, p.in_channels_per_group, p.groups,
-                                 p.out_channels, dtype, device, row_run=p.kernel[2] * p.in_channels_per_group)
+    tiles = _gemm_tile_candidates(p.gemm_m, p.out_channels_per_group, p.in_channels_per_group, p.groups,
+                                  p.out_channels, dtype, device, row_run=p.kernel[2] * p.in_channels_per_group)
+    if not autotune_enabled():
+        return tiles
+    # timed only when autotuning: the heuristic tile with explicit split-K factors (fwd_split decides
+    # from the tile count alone; between one and two waves of CTAs it cannot tell)
+    return tiles + [dataclasses.replace(tiles[0], split_k=k) for k in (1, 2, 4)]
 
 
 def dgrad_candidates(p: Conv3dParams, dtype: torch.dtype, device: torch.device) -> List[KernelConfig]:
@@ -138,23 +151,86 @@ def wgrad_candidates(p: Conv3dParams, dtype: torch.dtype, device: torch.device) 
 
 def pick(op: str, p: Conv3dParams, dtype: torch.dtype, device: torch.device,
          candidates: List[KernelConfig], launch: Callable[[KernelConfig], object]) -> KernelConfig:
-    """The heuristic choice (first candidate), or the fastest candidate when autotuning is on."""
+    """The heuristic choice (first candidate), or the fastest candidate when autotuning is on (from the
+    in-memory or on-disk cache when this problem was timed before on this GPU and Triton version)."""
     if len(candidates) == 1 or not autotune_enabled():
         return candidates[0]
-    key = (torch.cuda.get_device_name(device), op, p, dtype)
+    if torch.cuda.is_current_stream_capturing():  # timing inside a CUDA-graph capture would break it
+        return _cache.get(_key(op, p, dtype, device), candidates[0])
+    key = _key(op, p, dtype, device)
     best = _cache.get(key)
     if best is None:
-        import triton.testing
-
-        timings = []
-        for cfg in candidates:
-            try:
-                timings.append((triton.testing.do_bench(lambda: launch(cfg), warmup=5, rep=20), cfg))
-            except Exception:  # a candidate that fails to compile (e.g. out of shared memory) loses
-                continue
-        best = min(timings, key=lambda tc: tc[0])[1] if timings else candidates[0]
+        stored = _disk_cache().get(_disk_key(key))
+        best = KernelConfig(**stored) if stored else None
+        if best not in candidates:  # tuned by other code: time again
+            best = _time_candidates(candidates, launch)
+            _store(key, best)
         _cache[key] = best
     return best
+
+
+def _key(op: str, p: Conv3dParams, dtype: torch.dtype, device: torch.device) -> Tuple:
+    import triton
+
+    return (torch.cuda.get_device_name(device), triton.__version__, op, p, dtype)
+
+
+def _time_candidates(candidates: List[KernelConfig], launch: Callable[[KernelConfig], object]) -> KernelConfig:
+    import triton.testing
+
+    timings = []
+    for cfg in candidates:
+        try:
+            timings.append((triton.testing.do_bench(lambda: launch(cfg), warmup=5, rep=20), cfg))
+        except Exception:  # a candidate that fails to compile (e.g. out of shared memory) loses
+            continue
+    return min(timings, key=lambda tc: tc[0])[1] if timings else candidates[0]
+
+
+# ---- the on-disk cache: {json key: KernelConfig fields}, rewritten atomically on every new entry ----
+_disk: Optional[Dict[str, dict]] = None
+
+
+def cache_path() -> Path:
+    default = Path.home() / ".cache" / "video3d_fast" / "triton_autotune.json"
+    return Path(os.environ.get("VIDEO3D_FAST_TRITON_AUTOTUNE_CACHE", default))
+
+
+def _disk_key(key: Tuple) -> str:
+    device_name, triton_version, op, p, dtype = key
+    return json.dumps([device_name, triton_version, op, list(dataclasses.astuple(p)), str(dtype)])
+
+
+def _disk_cache() -> Dict[str, dict]:
+    global _disk
+    if _disk is None:
+        path = cache_path()
+        try:
+            _disk = json.loads(path.read_text()) if path.exists() else {}
+            if not isinstance(_disk, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError) as exc:
+            warnings.warn(f"ignoring the Triton autotune cache {path} ({exc}); it will be rewritten")
+            _disk = {}
+    return _disk
+
+
+def _store(key: Tuple, cfg: KernelConfig) -> None:
+    cache = _disk_cache()
+    cache[_disk_key(key)] = dataclasses.asdict(cfg)
+    path = cache_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(cache, f, indent=0)
+            os.replace(tmp, path)  # readers see the old or the new file, never half of one
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    except OSError as exc:  # a read-only home: keep tuning in memory
+        warnings.warn(f"could not write the Triton autotune cache {path}: {exc}")
 
 
 def cached_configs() -> Dict[Tuple, KernelConfig]:
