@@ -6,6 +6,8 @@ random data, with outputs poisoned (NaN) before the kernels run.
 """
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from hypothesis import HealthCheck, assume, given, settings
@@ -16,7 +18,7 @@ from video3d_fast.ops import reference
 from video3d_fast.ops.debug import poison_outputs
 from video3d_fast.ops.params import memory_format_of
 
-from .helpers import ConvProblem, assert_close, leaf
+from .helpers import REL_TOL, ConvProblem, assert_close, leaf, rel_err
 
 CPU_BACKENDS = ["cpu", "aten"]
 DTYPES = [torch.float32, torch.float64, torch.bfloat16]
@@ -48,7 +50,10 @@ def problems(draw, dtypes=DTYPES):
     return p
 
 
-GRID = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# derandomize: CI sees the same examples on every run, so a failure reproduces; VIDEO3D_FAST_HYPOTHESIS_EXPLORE=1
+# (with --hypothesis-seed) draws new ones
+GRID = settings(max_examples=60, deadline=None, derandomize=os.environ.get("VIDEO3D_FAST_HYPOTHESIS_EXPLORE") != "1",
+                suppress_health_check=[HealthCheck.too_slow])
 # bf16 gradients go through a bf16-rounded conv backward on both sides, in different orders.
 GRAD_FACTOR = {torch.float32: 5.0, torch.float64: 1.0, torch.bfloat16: 2.0}
 
@@ -75,6 +80,14 @@ def test_affine_act_matches_reference_values_and_grads(backend, p, relu, seed):
             assert_close(a.grad, b.grad, p.dtype, f"grad {name}", GRAD_FACTOR[p.dtype])
 
 
+def _max_inputs_per_output(p) -> int:
+    """How many input values (taps inside the volume x channels of the group) the best-covered output
+    position reads."""
+    ones = torch.ones(1, p.c, *p.size, dtype=torch.float64)
+    w = torch.ones(p.k, p.c // p.groups, *p.kernel, dtype=torch.float64)
+    return int(torch.nn.functional.conv3d(ones, w, None, p.stride, p.padding, p.dilation, p.groups).max())
+
+
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 @GRID
 @given(p=problems(), relu=st.booleans(), momentum=st.sampled_from([0.1, 0.5, None]), seed=st.integers(0, 2**16))
@@ -82,8 +95,10 @@ def test_batchnorm_act_matches_reference_values_grads_and_running_stats(backend,
     # BN needs > 1 value per channel; with 2 or 3 the normalised output barely depends on the input, so
     # input/weight gradients are pure rounding noise and relative errors mean nothing.
     assume(p.n * p.out_size()[0] * p.out_size()[1] * p.out_size()[2] >= 4)
-    # With one weight per output channel BN(w * x) does not depend on w: its gradient is 0 up to rounding.
-    assume((p.c // p.groups) * p.kernel[0] * p.kernel[1] * p.kernel[2] >= 2)
+    # BN(conv(x, w)) does not change when w is scaled per output channel, so where every output reads a
+    # single input value (one weight per channel, or all but one tap in the padding) the weight gradient is
+    # 0 up to rounding and its relative error means nothing.
+    assume(_max_inputs_per_output(p) >= 2)
     gen = torch.Generator().manual_seed(seed)
     x, w, gamma, beta, res = p.make(gen)
     stat_dtype = torch.float64 if p.dtype == torch.float64 else torch.float32
@@ -109,11 +124,22 @@ def test_batchnorm_act_matches_reference_values_grads_and_running_stats(backend,
     with poison_outputs():
         y.backward(grad)
     y_ref.backward(grad)
+    # The exact gradients of the same (rounded) inputs: BN backward through few values per channel is
+    # noisy in low precision on both sides, so ours must be within the dtype tolerance of the reference
+    # or no worse than 3x the reference's own distance from float64.
+    exact = [None if t is None else leaf(t.double()) for t in (x, w, gamma, beta, res)]
+    y64 = reference.conv3d_batchnorm_act(exact[0], exact[1], exact[2], exact[3], None, None, None, exact[4],
+                                         activation=activation, **p.conv_kwargs)
+    y64.backward(grad.double())
     # BN backward subtracts two nearly equal per-channel means: allow more relative error in fp32/bf16.
     factor = {torch.float32: 50.0, torch.float64: 10.0, torch.bfloat16: 3.0}[p.dtype]
-    for name, a, b in zip(("input", "weight", "bn_weight", "bn_bias", "residual"), ours, refs):
+    for name, a, b, e in zip(("input", "weight", "bn_weight", "bn_bias", "residual"), ours, refs, exact):
         if a is not None:
-            assert_close(a.grad, b.grad, p.dtype, f"grad {name}", factor)
+            tol = REL_TOL[p.dtype] * factor
+            err, ours_exact, ref_exact = rel_err(a.grad, b.grad), rel_err(a.grad, e.grad), rel_err(b.grad, e.grad)
+            assert err <= tol or ours_exact <= 3 * ref_exact + REL_TOL[p.dtype], (
+                f"grad {name}: relative error {err:.3g} vs the reference (> {tol:.3g}), {ours_exact:.3g} vs "
+                f"float64 (the reference's own: {ref_exact:.3g})")
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
