@@ -113,14 +113,18 @@ def time_cuda(fn: Callable[[], object], warmup_ms: float = 25, rep_ms: float = 1
     return {"median_ms": median, "p20_ms": p20, "p80_ms": p80}
 
 
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """||a - b|| / ||b|| in float64, inf when ``a`` has a NaN or inf (an unwritten or broken output)."""
+    a, b = a.detach().double(), b.detach().double()
+    return float("inf") if not torch.isfinite(a).all() else ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
 def cuda_graph(fn: Callable[[], object], failures: List[str], attempts: int = 2):
     """``fn`` captured as a CUDA graph (warmed up on a side stream first: cuDNN algorithm search and
     allocations stay outside the capture), or None when every attempt failed; each failure is appended
     to ``failures``. Two attempts: the first capture of the ResNeXt-101 stem's training step failed on an
     H200 in two runs ("operation failed due to a previous error during capture") while every later
     capture, and the same step captured alone, worked."""
-    import torch
-
     for attempt in range(1, attempts + 1):
         try:
             side = torch.cuda.Stream()

@@ -30,7 +30,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import (  # noqa: E402
-    cuda_graph, environment, markdown_table, results_dir, time_cpu, time_cuda, write_results,
+    cuda_graph, environment, markdown_table, rel_err, results_dir, time_cpu, time_cuda, write_results,
 )
 from video3d_fast.models import generate_model, set_backend  # noqa: E402
 
@@ -45,11 +45,6 @@ def _model(key: str, smoke: bool) -> torch.nn.Module:
             block_inplanes=(4, 8, 8, 16))
         return generate_model(name, depth, n_classes=10, **narrow)
     return generate_model(name, depth, n_classes=400)
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.detach().double(), b.detach().double()
-    return float("inf") if not torch.isfinite(a).all() else ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
 def run(args) -> int:
@@ -110,9 +105,9 @@ def run(args) -> int:
         for mode in ("train", "eval"):
             ours, base = results["triton"][mode], results["torch"][mode]
             pairs = list(zip(ours["result"], base["result"]))
-            err = max(_rel(a, b) for a, b in pairs[:2])  # logits (and the loss)
+            err = max(rel_err(a, b) for a, b in pairs[:2])  # logits (and the loss)
             # the stem's weight gradient went back through every layer in bf16 on both sides: reported only
-            grad_err = _rel(*pairs[2]) if len(pairs) > 2 else float("nan")
+            grad_err = rel_err(*pairs[2]) if len(pairs) > 2 else float("nan")
             rows.append(dict(
                 model=key, mode=mode, batch=batch,
                 torch_eager_ms=base["eager_ms"], triton_eager_ms=ours["eager_ms"],

@@ -18,13 +18,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import environment, results_dir, time_cuda, write_results  # noqa: E402
+from benchmarks.common import environment, rel_err, results_dir, time_cuda, write_results  # noqa: E402
 from video3d_fast import ops  # noqa: E402
 from video3d_fast.models import conv_layer_shapes, unique_conv_shapes  # noqa: E402
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-30)).item()
 
 
 def bench_shape(shape: dict, dtype: torch.dtype, rep_ms: float) -> dict:
@@ -75,9 +71,9 @@ def bench_shape(shape: dict, dtype: torch.dtype, rep_ms: float) -> dict:
         return (y,) + torch.autograd.grad(y, (xg, wg, gam, bet), grad)
 
     with torch.no_grad():
-        err_eval = _rel(ours_eval(), eager_eval())
+        err_eval = rel_err(ours_eval(), eager_eval())
     te, to = eager_train(), ours_train()
-    err_train = max(_rel(a, b) for a, b in zip(to, te))
+    err_train = max(rel_err(a, b) for a, b in zip(to, te))
     row = dict(
         name=shape["name"], count=shape.get("count", 1),
         shape=f"{n}x{c}x{'x'.join(map(str, shape['in_size']))} k{''.join(map(str, shape['kernel']))} "

@@ -43,7 +43,7 @@ import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import (  # noqa: E402
-    cuda_graph, environment, markdown_table, results_dir, time_cpu, time_cuda, write_results,
+    cuda_graph, environment, markdown_table, rel_err, results_dir, time_cpu, time_cuda, write_results,
 )
 from video3d_fast import ops  # noqa: E402
 from video3d_fast.models import conv_layer_shapes, unique_conv_shapes  # noqa: E402  (fails loudly if missing)
@@ -102,13 +102,6 @@ class Bench:
         ms = self.time_ms(lambda: dst.copy_(src))
         self.hbm_gbps = 2 * src.numel() / ms / 1e6
         src = dst = None  # free 512 MiB before the benchmarks (not del: the lambda above names them)
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.detach().float(), b.detach().float()
-    if not torch.isfinite(a).all():
-        return float("inf")
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
 def _shape_label(s: Dict) -> str:
@@ -231,10 +224,10 @@ def run_grouped(b: Bench, batch: int):
             pr.grad, pr.x, pr.w, None, list(p.stride), list(p.padding), list(p.dilation), False, [0, 0, 0],
             p.groups, [True, True, False])
         with torch.no_grad():
-            err = _rel(ours_f(), cudnn_f())
+            err = rel_err(ours_f(), cudnn_f())
             gx, gw, _ = ours_b()
             rx, rw, _ = cudnn_b()
-            err_b = max(_rel(gx, rx), _rel(gw, rw))
+            err_b = max(rel_err(gx, rx), rel_err(gw, rw))
         fns = (("ours_fwd", ours_f), ("cudnn_fwd", cudnn_f), ("ours_bwd", ours_b), ("cudnn_bwd", cudnn_b))
         t = {name: b.time_ms(fn) for name, fn in fns}
         g = {name: b.graph_ms(fn) for name, fn in fns}
@@ -263,7 +256,7 @@ def run_inference(b: Bench, model: str, batch: int, with_compile: bool):
             out = pr.ours_eval()
             b.sync()
             first_call_s = time.time() - t0
-            err = _rel(out, pr.cudnn_eval())
+            err = rel_err(out, pr.cudnn_eval())
             t_ours = b.time_ms(pr.ours_eval)
             t_cudnn = b.time_ms(pr.cudnn_eval)
             g_ours, g_cudnn = b.graph_ms(pr.ours_eval), b.graph_ms(pr.cudnn_eval)
@@ -319,7 +312,7 @@ def run_training(b: Bench, model: str, batch: int):
             step()
             peak = (torch.cuda.max_memory_allocated() - base) if b.device == "cuda" else 0
             results[name] = dict(outs=outs, saved=saved, peak=peak, ms=b.time_ms(step), gpu_ms=b.graph_ms(step))
-        err = max(_rel(a, e) for a, e in zip(results["ours"]["outs"], results["eager"]["outs"]))
+        err = max(rel_err(a, e) for a, e in zip(results["ours"]["outs"], results["eager"]["outs"]))
         o, e = results["ours"], results["eager"]
         b.rows.append(_row(
             "training", model, s, ours_ms=o["ms"], base_ms=e["ms"], speedup=e["ms"] / o["ms"],

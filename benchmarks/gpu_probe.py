@@ -34,7 +34,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import cuda_graph, environment, time_cpu, time_cuda  # noqa: E402
+from benchmarks.common import cuda_graph, environment, rel_err, time_cpu, time_cuda  # noqa: E402
 from video3d_fast import ops  # noqa: E402
 from video3d_fast.ops.backends.triton import autotune, bn, common, conv3d_fwd, conv3d_wgrad  # noqa: E402
 from video3d_fast.ops.params import make_params  # noqa: E402
@@ -51,14 +51,18 @@ def ms(fn) -> float:
     return time_cuda(fn, warmup_ms=5, rep_ms=25)["median_ms"]
 
 
-def rel(a, b) -> float:
-    a, b = a.detach().double(), b.detach().double()
-    return float("inf") if not torch.isfinite(a).all() else ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
-
-
 def row(section, name, t_ms, err=float("nan"), **extra):
     rows.append(dict(section=section, name=name, ms=round(t_ms, 4), rel_err=err, **extra))
     print(f"{section:7s} {name:44s} {t_ms:9.4f} ms  err {err:.2e} {extra if extra else ''}", flush=True)
+
+
+def variant(section, name, fn, ref, output=lambda result: result):
+    """Time ``fn`` and compare ``output(fn())`` with ``ref``; a variant that fails (e.g. does not compile)
+    is a finding, recorded as a FAILED row, not the end of the probe."""
+    try:
+        row(section, name, ms(fn), rel_err(output(fn()), ref))
+    except Exception as exc:
+        row(section, name + " FAILED", float("nan"), error=f"{type(exc).__name__}: {exc}"[:300])
 
 
 def randn(*shape, scale=1.0):
@@ -77,7 +81,7 @@ def probe_stem():
 
     r = conv3d_fwd.conv3d_fwd(x, w, p, store_out=False, store_conv=True, stats=True)
     row("stem", "fwd conv + BN partials", ms(lambda: conv3d_fwd.conv3d_fwd(
-        x, w, p, store_out=False, store_conv=True, stats=True)), rel(r.conv, F.conv3d(x, w, **kw)))
+        x, w, p, store_out=False, store_conv=True, stats=True)), rel_err(r.conv, F.conv3d(x, w, **kw)))
     fin = lambda: bn.bn_finalize(r.tile_sum, r.tile_m2, r.block_m, p.gemm_m, gamma, beta, 1e-5)  # noqa: E731
     mean, var, a, b = fin()
     row("stem", "bn_finalize", ms(fin))
@@ -110,10 +114,7 @@ def probe_stem():
     for name, cfg, runs in variants:
         conv3d_wgrad.w_runs = original if runs else (lambda *args: False)
         try:
-            got = conv3d_wgrad.conv3d_wgrad(gc, x, w, p, config=cfg)
-            row("stem", "wgrad " + name, ms(lambda: conv3d_wgrad.conv3d_wgrad(gc, x, w, p, config=cfg)), rel(got, ref))
-        except Exception as exc:  # a variant that does not compile is a finding, not the end of the probe
-            row("stem", "wgrad " + name + " FAILED", float("nan"), error=f"{type(exc).__name__}: {exc}"[:300])
+            variant("stem", "wgrad " + name, lambda: conv3d_wgrad.conv3d_wgrad(gc, x, w, p, config=cfg), ref)
         finally:
             conv3d_wgrad.w_runs = original
 
@@ -129,7 +130,7 @@ def probe_stem():
         y = torch.relu(F.batch_norm(F.conv3d(x, w_leaf, None, **kw), rm, rv, g_leaf, b_leaf, True, 0.1, 1e-5))
         return torch.autograd.grad(y, [w_leaf, g_leaf, b_leaf], dy)
 
-    row("stem", "whole step ours (eager)", ms(ours_step), max(rel(a, e) for a, e in zip(ours_step(), eager_step())))
+    row("stem", "whole step ours (eager)", ms(ours_step), max(rel_err(a, e) for a, e in zip(ours_step(), eager_step())))
     row("stem", "whole step cuDNN eager", ms(eager_step))
     if not SMOKE:
         failures = []
@@ -158,7 +159,7 @@ def probe_splitk():
         label = f"{c}->{k} s{s} @{'x'.join(map(str, size))}"
         cudnn = lambda: torch.relu(F.conv3d(x, w, None, **kw) * scale.view(1, -1, 1, 1, 1).to(DT)  # noqa: E731
                                    + shift.view(1, -1, 1, 1, 1).to(DT))
-        row("splitk", label + " cuDNN conv+affine+relu", ms(cudnn), rel(cudnn(), ref))
+        row("splitk", label + " cuDNN conv+affine+relu", ms(cudnn), rel_err(cudnn(), ref))
         base = autotune.fwd_candidates(p, DT, x.device)[0]
         def split(k):
             return autotune.KernelConfig(base.block_m, base.block_n, base.block_k, base.num_warps, base.num_stages,
@@ -168,7 +169,7 @@ def probe_splitk():
         for name, cfg in [("heuristic", base)] + [(f"split {k}", split(k)) for k in ((1,) if SMOKE else (1, 2, 4))]:
             plan = conv3d_fwd._fwd_plan(p, cfg, CL, None, {"STATS": False}, x.device)
             f = lambda: conv3d_fwd.conv3d_fwd(x, w, p, scale=scale, shift=shift, relu=True, config=cfg)  # noqa: E731
-            row("splitk", f"{label} ours {name}", ms(f), rel(f().out, ref), split=plan.conv.grid[2])
+            row("splitk", f"{label} ours {name}", ms(f), rel_err(f().out, ref), split=plan.conv.grid[2])
 
 
 def probe_launch():
@@ -256,11 +257,8 @@ def probe_grouped():
         for cfg in [None] + configs:
             name = "heuristic" if cfg is None else f"{cfg.block_m}x{cfg.block_n}x{cfg.block_k}/{cfg.num_stages}" + (
                 f" split {cfg.split_k}" if cfg.split_k else "")
-            try:
-                f = lambda: conv3d_fwd.conv3d_fwd(x, w, p, config=cfg)  # noqa: E731
-                row("grouped", f"{label} fprop {name}", ms(f), rel(f().out, ref))
-            except Exception as exc:
-                row("grouped", f"{label} fprop {name} FAILED", float("nan"), error=f"{type(exc).__name__}: {exc}"[:200])
+            variant("grouped", f"{label} fprop {name}", lambda: conv3d_fwd.conv3d_fwd(x, w, p, config=cfg), ref,
+                    output=lambda r: r.out)
         dy = randn(*p.out_shape).contiguous(memory_format=CL)
         cudnn_bwd = lambda: torch.ops.aten.convolution_backward(  # noqa: E731
             dy, x, w, None, list(p.stride), list(p.padding), list(p.dilation), False, [0, 0, 0], groups,
@@ -279,17 +277,11 @@ def probe_grouped():
             ("32x32x16", autotune.KernelConfig(32, 32, 16, 4, 3)),
             ("128x32x32", autotune.KernelConfig(128, 32, 32, 4, 3))])
         for name, cfg in dgrad_configs:
-            try:
-                f = lambda: conv3d_dgrad.conv3d_dgrad(dy, w, p, CL, config=cfg)  # noqa: E731
-                row("grouped", f"{label} dgrad {name}", ms(f), rel(f(), gx_ref))
-            except Exception as exc:
-                row("grouped", f"{label} dgrad {name} FAILED", float("nan"), error=f"{type(exc).__name__}: {exc}"[:200])
+            variant("grouped", f"{label} dgrad {name}", lambda: conv3d_dgrad.conv3d_dgrad(dy, w, p, CL, config=cfg),
+                    gx_ref)
         for name, cfg in bwd_configs:
-            try:
-                f = lambda: conv3d_wgrad.conv3d_wgrad(dy, x, w, p, config=cfg)  # noqa: E731
-                row("grouped", f"{label} wgrad {name}", ms(f), rel(f(), gw_ref))
-            except Exception as exc:
-                row("grouped", f"{label} wgrad {name} FAILED", float("nan"), error=f"{type(exc).__name__}: {exc}"[:200])
+            variant("grouped", f"{label} wgrad {name}", lambda: conv3d_wgrad.conv3d_wgrad(dy, x, w, p, config=cfg),
+                    gw_ref)
 
 
 def main() -> int:
@@ -314,7 +306,7 @@ def main() -> int:
     (out / "gpu_probe.json").write_text(json.dumps({"environment": env, "rows": rows}, indent=1, default=str))
     print("\n".join(f"{r['section']:7s} {r['name']:52s} {r.get('ms', float('nan')):9.4f} ms err {r.get('rel_err', '')}"
                     for r in rows))
-    # a variant that failed, or an output with NaN/inf (rel() gives inf), makes the probe fail
+    # a variant that failed, or an output with NaN/inf (rel_err() gives inf), makes the probe fail
     bad = [r["name"] for r in rows if "FAILED" in r["name"] or r.get("rel_err") == float("inf")]
     if bad:
         print("gpu_probe: failed rows:", bad)
