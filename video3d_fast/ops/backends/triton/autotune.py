@@ -155,10 +155,10 @@ def pick(op: str, p: Conv3dParams, dtype: torch.dtype, device: torch.device,
     in-memory or on-disk cache when this problem was timed before on this GPU and Triton version)."""
     if len(candidates) == 1 or not autotune_enabled():
         return candidates[0]
-    if torch.cuda.is_current_stream_capturing():  # timing inside a CUDA-graph capture would break it
-        return _cache.get(_key(op, p, dtype, device), candidates[0])
     key = _key(op, p, dtype, device)
     best = _cache.get(key)
+    if best is None and torch.cuda.is_current_stream_capturing():  # timing would break the capture
+        return candidates[0]
     if best is None:
         stored = _disk_cache().get(_disk_key(key))
         best = KernelConfig(**stored) if stored else None
