@@ -155,6 +155,25 @@ def test_fwd_split_k_equals_aten_and_the_unsplit_kernel(name, blocks, stats):
         assert_close(r.out, out, torch.float32, "epilogue output")
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("name,blocks", SPLIT_PATHS[:2])
+def test_fwd_split_k_in_half_precision_on_ncdhw_input(name, blocks, dtype):
+    """The split-K slices are fp32; the epilogue rounds once to the data dtype and writes the input's
+    (NCDHW) memory format."""
+    autotune, conv3d_fwd, _, _, _ = _kernels()
+    x, w, _, p = _problem(name, dtype=dtype, layout="ncdhw", seed=5)
+    cfg = autotune.KernelConfig(*blocks[:3], split_k=blocks[3])
+    scale = torch.rand(p.out_channels, device=DEVICE) + 0.5
+    shift = torch.randn(p.out_channels, device=DEVICE)
+    with poison_outputs():
+        r = conv3d_fwd.conv3d_fwd(x, w, p, scale=scale, shift=shift, relu=True, store_conv=True, config=cfg)
+    c = torch.nn.functional.conv3d(x.double(), w.double(), None, p.stride, p.padding, p.dilation, p.groups)
+    assert r.out.dtype == dtype and r.out.is_contiguous()
+    assert_close(r.conv, c, dtype, "conv output")
+    out = torch.relu(c * scale.double().view(1, -1, 1, 1, 1) + shift.double().view(1, -1, 1, 1, 1))
+    assert_close(r.out, out, dtype, "epilogue output")
+
+
 DGRAD_PATHS = [
     ("dense", (32, 16, 16), True, False, True),
     ("dense", (32, 16, 64), False, False, True),
