@@ -93,7 +93,8 @@ def main(argv: List[str] = None) -> int:
         return kernel
 
     JITFunction.run = compile_only
-    from video3d_fast.ops.backends.triton import TritonBackend, autotune
+    from video3d_fast.ops.backends.base import RunningStats
+    from video3d_fast.ops.backends.triton import TritonBackend, autotune, bn
     from video3d_fast.ops.backends.triton import common as triton_common
 
     triton_common.DIRECT_LAUNCH = False  # every launch must reach the compile-only JIT entry above
@@ -101,6 +102,7 @@ def main(argv: List[str] = None) -> int:
 
     autotune._sm_count = lambda device: 132  # configs as on an H100
     backend = TritonBackend()
+    fused_tiles, fused_rows = bn.FUSED_FINALIZE_MAX_TILES, bn.FUSED_BACKWARD_MAX_ROWS
     # (C, K, kernel, stride, groups, spatial in) -- one per shape class of ResNet-50 / ResNeXt-101
     shapes = [
         (3, 64, 7, (1, 2, 2), 1, (4, 14, 14)),
@@ -131,9 +133,15 @@ def main(argv: List[str] = None) -> int:
             try:
                 out, conv = backend.affine_act_forward(x, w, vec, vec, res, p, True, True)
                 backend.affine_act_backward(res, out, conv, x, w, vec, p, True, [True, True, True, True, True])
-                out, conv, mean, var = backend.batchnorm_act_forward(x, w, vec, vec, None, p, 1e-5, True)
-                backend.batchnorm_act_backward(res, out, conv, mean, var, x, w, vec, p, 1e-5, True,
-                                               [True, True, True, True, False])
+                # both BN paths: fused finalize / one-kernel backward (few rows), and the long-reduction ones
+                for fused in (True, False):
+                    bn.FUSED_FINALIZE_MAX_TILES = fused_tiles if fused else 0
+                    bn.FUSED_BACKWARD_MAX_ROWS = fused_rows if fused else 0
+                    running = RunningStats(torch.zeros(k), torch.ones(k), 0.1)
+                    out, conv, mean, var = backend.batchnorm_act_forward(x, w, vec, vec, res if fused else None,
+                                                                         p, 1e-5, True, running=running)
+                    backend.batchnorm_act_backward(res, out, conv, mean, var, x, w, vec, p, 1e-5, True,
+                                                   [True, True, True, True, fused])
                 backend.conv3d_forward(x, w, vec.to(dtype), p)
                 backend.conv3d_backward(res, x, w, p, [True, True, True])
             except Exception as exc:  # report every failing shape class, not just the first

@@ -12,6 +12,7 @@ import torch
 from tests.ops.helpers import ConvProblem, assert_close, leaf
 from video3d_fast import ops
 from video3d_fast.ops import reference
+from video3d_fast.ops.debug import poison_outputs
 
 from .cases import SMALL, check_affine_act, check_batchnorm_act, check_conv3d, variant
 
@@ -152,3 +153,66 @@ def test_triton_grads_match_gradchecked_float64_reference():
 def test_float64_runs_the_aten_composite_and_matches_reference():
     p = variant(SMALL["resnext_g8"], dtype=torch.float64, residual=True)
     check_affine_act(p, True, seed=15, device=DEVICE)
+
+
+@pytest.mark.parametrize("relu", [True, False], ids=["relu", "linear"])
+@pytest.mark.parametrize("name", ["dense3x3x3", "stem_c3", "resnext_g8"])
+def test_batchnorm_act_separate_finalize_and_three_launch_backward_match_reference(name, relu, monkeypatch):
+    """The long-reduction paths (separate finalize launch; grad_sums + grad_prologue), which real layers
+    with many row tiles take and the small problems here would not."""
+    from video3d_fast.ops.backends.triton import bn
+
+    monkeypatch.setattr(bn, "FUSED_FINALIZE_MAX_TILES", 0)
+    monkeypatch.setattr(bn, "FUSED_BACKWARD_MAX_ROWS", 0)
+    check_batchnorm_act(variant(SMALL[name], residual=True), relu, seed=14, device=DEVICE)
+    check_batchnorm_act(SMALL[name], relu, seed=15, device=DEVICE, momentum=None, backward=False)
+
+
+def test_batchnorm_act_half_precision_running_buffers_get_torchs_update():
+    """Running statistics the kernels cannot update in fp32 (a model converted with .half()) are updated by
+    torch's lerp_ after the op, with the same values as nn.BatchNorm3d."""
+    p = variant(SMALL["dense3x3x3"], dtype=torch.float16)
+    gen = torch.Generator().manual_seed(16)
+    x, w, gamma, beta, _ = p.make(gen, device=DEVICE)
+    gamma, beta = gamma.half(), beta.half()
+    running = [torch.randn(p.k, generator=gen).half().to(DEVICE), (torch.rand(p.k, generator=gen) + 0.5).half().to(DEVICE)]
+    running_ref = [t.clone() for t in running]
+    y = ops.conv3d_batchnorm_act(leaf(x), leaf(w), leaf(gamma), leaf(beta), *running, backend="triton",
+                                 **p.conv_kwargs)
+    y_ref = reference.conv3d_batchnorm_act(x, w, gamma, beta, *running_ref, **p.conv_kwargs)
+    assert_close(y, y_ref, p.dtype, "output", 2.0)
+    for a, b, what in zip(running, running_ref, ("running_mean", "running_var")):
+        assert a.dtype == torch.float16
+        assert_close(a, b, torch.float16, what, 2.0)
+
+
+def test_small_training_layer_is_two_launches_forward_and_three_backward(monkeypatch):
+    """Launch-bound layers (few row tiles, short reductions): BN finalize and the running-statistics update
+    happen inside BN-apply, the BN backward is one kernel; no torch op touches the running buffers."""
+    from video3d_fast.ops.backends.triton import bn, common, conv3d_dgrad, conv3d_fwd, conv3d_wgrad
+
+    launched = []
+
+    def counting(kernel, *args, **kwargs):
+        launched.append(kernel.fn.__name__ if hasattr(kernel, "fn") else kernel.__name__)
+        return common.launch(kernel, *args, **kwargs)
+
+    for module in (bn, conv3d_fwd, conv3d_dgrad, conv3d_wgrad):
+        monkeypatch.setattr(module, "launch", counting)
+    p = SMALL["dense3x3x3"]
+    x, w, gamma, beta, _ = p.make(torch.Generator().manual_seed(17), device=DEVICE)
+    running_mean, running_var = torch.zeros(p.k, device=DEVICE), torch.ones(p.k, device=DEVICE)
+    xs, ws, gs, bs = leaf(x), leaf(w), leaf(gamma), leaf(beta)
+    real_lerp = torch.Tensor.lerp_
+    monkeypatch.setattr(torch.Tensor, "lerp_", lambda *a, **k: pytest.fail("running stats updated by a torch op"))
+    with poison_outputs():
+        y = ops.conv3d_batchnorm_act(xs, ws, gs, bs, running_mean, running_var, backend="triton", **p.conv_kwargs)
+    monkeypatch.setattr(torch.Tensor, "lerp_", real_lerp)
+    assert launched == ["conv3d_fwd_kernel", "channel_affine_act_kernel"]
+    launched.clear()
+    y.backward(torch.randn_like(y))
+    assert sorted(launched) == sorted(["bn_backward_kernel", "conv3d_dgrad_kernel", "conv3d_wgrad_kernel"])
+    running_ref = [torch.zeros(p.k, device=DEVICE), torch.ones(p.k, device=DEVICE)]
+    reference.conv3d_batchnorm_act(x, w, gamma, beta, *running_ref, **p.conv_kwargs)
+    assert_close(running_mean, running_ref[0], torch.float32, "running_mean", 50.0)
+    assert_close(running_var, running_ref[1], torch.float32, "running_var", 50.0)

@@ -13,6 +13,7 @@ import torch
 
 from . import reference
 from .backends import get_backend, resolve_backend
+from .backends.base import RunningStats
 from . import library
 from .params import (
     IntOr3,
@@ -229,7 +230,6 @@ def conv3d_batchnorm_act(
             if len(_BN_CHECKS) >= _PLANS_MAX:
                 _BN_CHECKS.clear()
             _BN_CHECKS[key] = (p, relu, name)
-    count = p.gemm_m
     if name == "torch":
         return reference.conv3d_batchnorm_act(
             input, weight, bn_weight, bn_bias, running_mean, running_var, num_batches_tracked, residual,
@@ -240,16 +240,12 @@ def conv3d_batchnorm_act(
         bn_weight = torch.ones(p.out_channels, dtype=stat_dtype, device=input.device)
     if bn_bias is None:
         bn_bias = torch.zeros(p.out_channels, dtype=stat_dtype, device=input.device)
-    out, _, mean, var = library.conv3d_batchnorm_act(
-        input, weight, bn_weight, bn_bias, residual, *p.as_conv_args(), float(eps), relu, name
-    )
+    running = None
     if running_mean is not None and running_var is not None:
-        factor = batchnorm_momentum_factor(momentum, num_batches_tracked)
-        with torch.no_grad():
-            running_mean.lerp_(mean.detach().to(running_mean.dtype), factor)
-            unbiased = var.detach() * (count / (count - 1))
-            running_var.lerp_(unbiased.to(running_var.dtype), factor)
-    return out
+        running = RunningStats(running_mean, running_var, batchnorm_momentum_factor(momentum, num_batches_tracked))
+    return library.conv3d_batchnorm_act(
+        input, weight, bn_weight, bn_bias, residual, *p.as_conv_args(), float(eps), relu, name, running=running
+    )[0]
 
 
 def fold_batchnorm(

@@ -6,8 +6,9 @@ autograd, ``torch.compile(fullgraph=True)`` (which traces forward and backward t
 ``torch.library.opcheck`` all see real ops. The op bodies hand over to the named backend
 (``backends/``). Gradients nobody asked for travel as empty tensors, since op outputs cannot be None.
 
-Running BatchNorm statistics are updated by the caller (``functional.py``) from the (mean, var) the
-training-form op returns: torch.library forbids autograd on ops that mutate their inputs.
+Running BatchNorm statistics: torch.library forbids autograd on ops that mutate their inputs, so the
+custom op returns (mean, var) and :func:`conv3d_batchnorm_act` updates the running buffers after it; the
+eager path lets a backend update them inside its kernels instead (``Backend.fuses_running_stats``).
 
 Eager fast path: a call through a Python custom op costs ~0.1 ms of host time (several Python <-> C++
 dispatcher crossings), more than many GPU layers take. Outside torch.compile, :func:`conv3d`,
@@ -24,6 +25,7 @@ import torch
 from torch import Tensor
 
 from .backends import get_backend
+from .backends.base import RunningStats, update_running_stats
 from .params import Conv3dParams, memory_format_of, params_from_lists
 from .reference import opmath_dtype
 
@@ -43,21 +45,31 @@ def _or_empty(t: Optional[Tensor], like: Tensor) -> Tensor:
 
 
 def _unaliased(outputs, inputs) -> tuple:
-    """Custom ops may not return (views of) their inputs: a backend may legitimately hand back e.g. the
-    incoming gradient as the residual's gradient, so copy such outputs."""
-    # data_ptr equality catches the tensor itself and views starting at its first element, which is
-    # what backends hand back (a no-op .contiguous()/.to() returns its input).
-    pointers = {t.data_ptr() for t in inputs if isinstance(t, Tensor) and t.numel()}
-    return tuple(o.clone() if o.numel() and o.data_ptr() in pointers else o for o in outputs)
+    """Custom ops may not return (views of) their inputs or outputs sharing memory with each other: a
+    backend may legitimately hand back e.g. the incoming gradient as the residual's gradient, or batch
+    mean and variance as two rows of one buffer, so copy such outputs."""
+    seen = {t.untyped_storage().data_ptr() for t in inputs if isinstance(t, Tensor) and t.numel()}
+    result = []
+    for o in outputs:
+        if o.numel():
+            storage = o.untyped_storage().data_ptr()
+            if storage in seen:
+                o = o.clone()
+            seen.update((storage, o.untyped_storage().data_ptr()))
+        result.append(o)
+    return tuple(result)
 
 
-def _backward_call(ctx, op, impl, *args):
-    """The backward custom op, or (eager twin) its implementation directly."""
-    return impl(*args) if getattr(ctx, "eager", False) else op(*args)
+def _backward_call(ctx, op, grads_fn, *args):
+    """The backward custom op (empty tensors for gradients not asked for), or for an eager twin the
+    backend's gradients directly (None there; aliasing an input is fine outside a custom op)."""
+    return grads_fn(*args) if getattr(ctx, "eager", False) else op(*args)
 
 
-def _none_if_empty(t: Tensor, wanted: bool) -> Optional[Tensor]:
-    return t if wanted else None
+def _grads_or_none(ctx, grads, mask) -> tuple:
+    if getattr(ctx, "eager", False):
+        return tuple(grads)
+    return tuple(g if wanted else None for g, wanted in zip(grads, mask))
 
 
 def _fake_out(x: Tensor, p: Conv3dParams, dtype=None) -> Tensor:
@@ -97,6 +109,13 @@ def _(input, weight, bias, stride, padding, dilation, groups, backend):
     return _fake_out(input, _params(input, weight, stride, padding, dilation, groups))
 
 
+def _conv3d_grads(grad_output, input, weight, stride, padding, dilation, groups, output_mask, backend):
+    """The backend's (grad_input, grad_weight, grad_bias), None where not asked for."""
+    p = _params(input, weight, stride, padding, dilation, groups)
+    return get_backend(backend).conv3d_backward(grad_output.contiguous(
+        memory_format=memory_format_of(input)), input, weight, p, output_mask)
+
+
 def _conv3d_backward_impl(
     grad_output: Tensor,
     input: Tensor,
@@ -108,9 +127,7 @@ def _conv3d_backward_impl(
     output_mask: List[bool],
     backend: str,
 ) -> Tuple[Tensor, Tensor, Tensor]:
-    p = _params(input, weight, stride, padding, dilation, groups)
-    gx, gw, gb = get_backend(backend).conv3d_backward(grad_output.contiguous(
-        memory_format=memory_format_of(input)), input, weight, p, output_mask)
+    gx, gw, gb = _conv3d_grads(grad_output, input, weight, stride, padding, dilation, groups, output_mask, backend)
     return _unaliased((_or_empty(gx, input), _or_empty(gw, weight), _or_empty(gb, weight)),
                       (grad_output, input, weight))
 
@@ -134,12 +151,9 @@ def _conv3d_backward(ctx, grad):
     input, weight = ctx.saved_tensors
     stride, padding, dilation, groups, backend = ctx.conv
     mask = [bool(m) for m in ctx.needs_input_grad[:3]]
-    gx, gw, gb = _backward_call(ctx, conv3d_backward_op, _conv3d_backward_impl,
-                                grad, input, weight, stride, padding, dilation, groups, mask, backend)
-    return (
-        _none_if_empty(gx, mask[0]), _none_if_empty(gw, mask[1]), _none_if_empty(gb, mask[2]),
-        None, None, None, None, None,
-    )
+    grads = _backward_call(ctx, conv3d_backward_op, _conv3d_grads,
+                           grad, input, weight, stride, padding, dilation, groups, mask, backend)
+    return _grads_or_none(ctx, grads, mask) + (None,) * 5
 
 
 conv3d_op.register_autograd(_conv3d_backward, setup_context=_conv3d_setup)
@@ -180,6 +194,16 @@ def _(input, weight, scale, shift, residual, stride, padding, dilation, groups, 
     return _fake_out(input, p), (_fake_out(input, p) if save_conv_out else _empty(input))
 
 
+def _affine_grads(grad_output, out, conv_out, input, weight, scale, stride, padding, dilation, groups, relu,
+                  output_mask, backend):
+    """The backend's gradients of (input, weight, scale, shift, residual), None where not asked for."""
+    p = _params(input, weight, stride, padding, dilation, groups)
+    return get_backend(backend).affine_act_backward(
+        grad_output.contiguous(memory_format=memory_format_of(input)), out,
+        conv_out if conv_out.numel() else None, input, weight, scale, p, relu, output_mask,
+    )
+
+
 def _affine_backward_impl(
     grad_output: Tensor,
     out: Tensor,
@@ -196,12 +220,8 @@ def _affine_backward_impl(
     backend: str,
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Gradients of (input, weight, scale, shift, residual)."""
-    p = _params(input, weight, stride, padding, dilation, groups)
-    fmt = memory_format_of(input)
-    grads = get_backend(backend).affine_act_backward(
-        grad_output.contiguous(memory_format=fmt), out, conv_out if conv_out.numel() else None,
-        input, weight, scale, p, relu, output_mask,
-    )
+    grads = _affine_grads(grad_output, out, conv_out, input, weight, scale, stride, padding, dilation, groups,
+                          relu, output_mask, backend)
     likes = (input, weight, scale, scale, input)
     return _unaliased((_or_empty(g, like) for g, like in zip(grads, likes)),
                       (grad_output, out, conv_out, input, weight, scale))
@@ -235,10 +255,10 @@ def _affine_backward(ctx, grad_out, _grad_conv_out):
     out, conv_out, input, weight, scale = ctx.saved_tensors
     stride, padding, dilation, groups, relu, backend = ctx.conv
     mask = [bool(m) for m in ctx.needs_input_grad[:5]]
-    grads = _backward_call(ctx, conv3d_affine_act_backward_op, _affine_backward_impl,
+    grads = _backward_call(ctx, conv3d_affine_act_backward_op, _affine_grads,
                            grad_out, out, conv_out, input, weight, scale, stride, padding, dilation, groups,
                            relu, mask, backend)
-    return tuple(_none_if_empty(g, m) for g, m in zip(grads, mask)) + (None,) * 7
+    return _grads_or_none(ctx, grads, mask) + (None,) * 7
 
 
 conv3d_affine_act_op.register_autograd(_affine_backward, setup_context=_affine_setup)
@@ -267,6 +287,20 @@ def _bn_impl(
     return _unaliased(outputs, (input, weight, bn_weight, bn_bias, residual))
 
 
+def _bn_eager_impl(input, weight, bn_weight, bn_bias, residual, stride, padding, dilation, groups, eps, relu,
+                   backend, running: Optional[RunningStats]):
+    """_bn_impl plus the running-statistics update, for eager calls: a backend that can updates them inside
+    its kernels (the triton finalize step), which saves ~7 small torch ops of host time per layer."""
+    p = _params(input, weight, stride, padding, dilation, groups)
+    impl = get_backend(backend)
+    if running is not None and impl.fuses_running_stats(input, running):
+        return impl.batchnorm_act_forward(input, weight, bn_weight, bn_bias, residual, p, eps, relu, running=running)
+    outputs = impl.batchnorm_act_forward(input, weight, bn_weight, bn_bias, residual, p, eps, relu)
+    if running is not None:
+        update_running_stats(running, outputs[2], outputs[3], p.gemm_m)
+    return outputs
+
+
 conv3d_batchnorm_act_op = torch.library.custom_op(f"{NAMESPACE}::conv3d_batchnorm_act", _bn_impl, mutates_args=())
 
 
@@ -275,6 +309,16 @@ def _(input, weight, bn_weight, bn_bias, residual, stride, padding, dilation, gr
     p = _params(input, weight, stride, padding, dilation, groups)
     stats = input.new_empty(p.out_channels, dtype=opmath_dtype(input.dtype))
     return _fake_out(input, p), _fake_out(input, p), stats, torch.empty_like(stats)
+
+
+def _bn_grads(grad_output, out, conv_out, mean, var, input, weight, bn_weight, stride, padding, dilation, groups,
+              eps, relu, output_mask, backend):
+    """The backend's gradients of (input, weight, bn_weight, bn_bias, residual), None where not asked for."""
+    p = _params(input, weight, stride, padding, dilation, groups)
+    return get_backend(backend).batchnorm_act_backward(
+        grad_output.contiguous(memory_format=memory_format_of(input)), out, conv_out, mean, var, input, weight,
+        bn_weight, p, eps, relu, output_mask,
+    )
 
 
 def _bn_backward_impl(
@@ -296,12 +340,8 @@ def _bn_backward_impl(
     backend: str,
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Gradients of (input, weight, bn_weight, bn_bias, residual)."""
-    p = _params(input, weight, stride, padding, dilation, groups)
-    fmt = memory_format_of(input)
-    grads = get_backend(backend).batchnorm_act_backward(
-        grad_output.contiguous(memory_format=fmt), out, conv_out, mean, var, input, weight, bn_weight,
-        p, eps, relu, output_mask,
-    )
+    grads = _bn_grads(grad_output, out, conv_out, mean, var, input, weight, bn_weight, stride, padding, dilation,
+                      groups, eps, relu, output_mask, backend)
     likes = (input, weight, bn_weight, bn_weight, input)
     return _unaliased((_or_empty(g, like) for g, like in zip(grads, likes)),
                       (grad_output, out, conv_out, mean, var, input, weight, bn_weight))
@@ -335,10 +375,10 @@ def _bn_backward(ctx, grad_out, _g_conv_out, _g_mean, _g_var):
     out, conv_out, mean, var, input, weight, bn_weight = ctx.saved_tensors
     stride, padding, dilation, groups, eps, relu, backend = ctx.conv
     mask = [bool(m) for m in ctx.needs_input_grad[:5]]
-    grads = _backward_call(ctx, conv3d_batchnorm_act_backward_op, _bn_backward_impl,
+    grads = _backward_call(ctx, conv3d_batchnorm_act_backward_op, _bn_grads,
                            grad_out, out, conv_out, mean, var, input, weight, bn_weight, stride, padding,
                            dilation, groups, eps, relu, mask, backend)
-    return tuple(_none_if_empty(g, m) for g, m in zip(grads, mask)) + (None,) * 7
+    return _grads_or_none(ctx, grads, mask) + (None,) * 7
 
 
 conv3d_batchnorm_act_op.register_autograd(_bn_backward, setup_context=_bn_setup)
@@ -347,7 +387,9 @@ conv3d_batchnorm_act_op.register_autograd(_bn_backward, setup_context=_bn_setup)
 # ------------------------------------------------------------------------------------------------
 # eager fast path: autograd.Function twins of the forward ops, and the entry points functional.py calls
 # ------------------------------------------------------------------------------------------------
-def _eager_twin(name: str, forward_impl, setup, backward) -> type:
+def _eager_twin(name: str, forward_impl, setup, backward, extra_args: int = 0) -> type:
+    """An autograd.Function running ``forward_impl(*op_args, *extra)`` with the op's setup and backward;
+    the ``extra_args`` trailing arguments are not op arguments (they get no gradient)."""
     # forward(ctx, ...) rather than setup_context: the latter binds inspect.signature on every call.
     def forward(ctx, *args):
         output = forward_impl(*args)
@@ -356,13 +398,13 @@ def _eager_twin(name: str, forward_impl, setup, backward) -> type:
         # for them cost an activation-sized fill per layer and step.
         ctx.set_materialize_grads(False)
         ctx.num_args = len(args)
-        setup(ctx, args, output)
+        setup(ctx, args[:len(args) - extra_args], output)
         return output
 
     def backward_or_nothing(ctx, grad_out, *side_grads):
         if grad_out is None:  # nothing reached the main output
             return (None,) * ctx.num_args
-        return backward(ctx, grad_out, *side_grads)
+        return backward(ctx, grad_out, *side_grads) + (None,) * extra_args
 
     return type(name, (torch.autograd.Function,), {
         "forward": staticmethod(forward),
@@ -373,7 +415,7 @@ def _eager_twin(name: str, forward_impl, setup, backward) -> type:
 
 _Conv3dEager = _eager_twin("Conv3dEager", _conv3d_impl, _conv3d_setup, _conv3d_backward)
 _AffineActEager = _eager_twin("Conv3dAffineActEager", _affine_impl, _affine_setup, _affine_backward)
-_BatchNormActEager = _eager_twin("Conv3dBatchNormActEager", _bn_impl, _bn_setup, _bn_backward)
+_BatchNormActEager = _eager_twin("Conv3dBatchNormActEager", _bn_eager_impl, _bn_setup, _bn_backward, extra_args=1)
 
 
 EAGER_CUSTOM_OPS = os.environ.get("VIDEO3D_FAST_EAGER_CUSTOM_OPS", "0") == "1"
@@ -407,13 +449,17 @@ def conv3d_affine_act(*args) -> Tuple[Tensor, Tensor]:
     return _AffineActEager.apply(*args)
 
 
-def conv3d_batchnorm_act(*args) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Same arguments and outputs as the ``video3d_fast::conv3d_batchnorm_act`` custom op."""
+def conv3d_batchnorm_act(*args, running: Optional[RunningStats] = None) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Same arguments and outputs as the ``video3d_fast::conv3d_batchnorm_act`` custom op; ``running``
+    (when given) is updated in place from the batch statistics, like nn.BatchNorm3d in training mode."""
     if use_custom_ops():
-        return conv3d_batchnorm_act_op(*args)
+        outputs = conv3d_batchnorm_act_op(*args)
+        if running is not None:  # a custom op with autograd may not mutate its inputs: update outside it
+            update_running_stats(running, outputs[2], outputs[3], outputs[1].numel() // outputs[1].shape[1])
+        return outputs
     if not needs_autograd(*args[:5]):
-        return _bn_impl(*args)
-    return _BatchNormActEager.apply(*args)
+        return _bn_eager_impl(*args, running)
+    return _BatchNormActEager.apply(*args, running)
 
 
 def op_overloads() -> Sequence:

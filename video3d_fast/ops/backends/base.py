@@ -15,7 +15,7 @@ Conventions shared by all backends:
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
@@ -29,6 +29,23 @@ REDUCE_DIMS = (0, 2, 3, 4)
 def conv_args(p: Conv3dParams):
     """aten.convolution's (stride, padding, dilation, transposed, output_padding, groups)."""
     return list(p.stride), list(p.padding), list(p.dilation), False, [0, 0, 0], p.groups
+
+
+class RunningStats(NamedTuple):
+    """BatchNorm running statistics to update in place after a training-form forward:
+    ``mean = lerp(mean, batch_mean, factor)``, ``var = lerp(var, unbiased batch_var, factor)``."""
+
+    mean: torch.Tensor
+    var: torch.Tensor
+    factor: float
+
+
+def update_running_stats(running: RunningStats, mean: torch.Tensor, var: torch.Tensor, count: int) -> None:
+    """nn.BatchNorm's running update from the batch mean and biased variance over ``count`` values."""
+    with torch.no_grad():
+        running.mean.lerp_(mean.detach().to(running.mean.dtype), running.factor)
+        unbiased = var.detach() * (count / (count - 1))
+        running.var.lerp_(unbiased.to(running.var.dtype), running.factor)
 
 
 def like_input(t: torch.Tensor, input: torch.Tensor) -> torch.Tensor:
@@ -45,6 +62,11 @@ class Backend:
     """ATen composite implementation; the base class of every backend."""
 
     name = "aten"
+
+    def fuses_running_stats(self, x: torch.Tensor, running: RunningStats) -> bool:
+        """Whether ``batchnorm_act_forward(..., running=running)`` updates the running statistics itself
+        (inside its kernels); otherwise the caller applies :func:`update_running_stats`."""
+        return False
 
     # --- availability -------------------------------------------------------------------------
     def unavailable_reason(self) -> Optional[str]:

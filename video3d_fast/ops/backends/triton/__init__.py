@@ -144,36 +144,35 @@ class TritonBackend(Backend):
         return [gx, gw, g_scale, g_shift, g_res]
 
     # --- training form ------------------------------------------------------------------------
-    def batchnorm_act_forward(self, x, w, gamma, beta, residual, p, eps, relu):
+    def fuses_running_stats(self, x, running):
+        from .bn import fuses_running_stats
+
+        return _uses_kernels(x) and fuses_running_stats(running)
+
+    def batchnorm_act_forward(self, x, w, gamma, beta, residual, p, eps, relu, running=None):
         if not _uses_kernels(x):
             return super().batchnorm_act_forward(x, w, gamma, beta, residual, p, eps, relu)
-        from .bn import bn_finalize, channel_affine_act
+        from .bn import bn_forward
         from .conv3d_fwd import conv3d_fwd
 
         r = conv3d_fwd(x, w, p, store_out=False, store_conv=True, stats=True)
-        mean, var, a, b = bn_finalize(r.tile_sum, r.tile_m2, r.block_m, p.gemm_m, gamma.contiguous(),
-                                      beta.contiguous(), eps)
-        out = channel_affine_act(r.conv, a, b, residual, relu, memory_format_of(x))
+        out, stats = bn_forward(r, p.gemm_m, gamma.contiguous(), beta.contiguous(), residual, relu, eps,
+                                memory_format_of(x), running)
+        mean, var = stats[:2].unbind(0)
         return out, r.conv, mean, var
 
     def batchnorm_act_backward(self, grad, out, conv_out, mean, var, x, w, gamma, p, eps, relu, mask):
         if not _uses_kernels(x):
             return super().batchnorm_act_backward(grad, out, conv_out, mean, var, x, w, gamma, p, eps, relu, mask)
-        from .bn import grad_prologue, grad_sums
+        from .bn import bn_backward
 
         need_gc = bool(mask[0] or mask[1])
-        g_gamma = g_beta = g_res = gc = None
-        if need_gc or mask[2] or mask[3]:
-            mean, var = mean.float().contiguous(), var.float().contiguous()
-            sum_g, sum_gx = grad_sums(grad, out, relu, c=conv_out, mean=mean, var=var, eps=eps)
-            if mask[2]:
-                g_gamma = sum_gx.to(gamma.dtype)
-            if mask[3]:
-                g_beta = sum_g.to(gamma.dtype)
-        if need_gc or mask[4]:
-            bn = (conv_out, mean, var, sum_g, sum_gx, eps) if need_gc else None
-            gc, g_res = grad_prologue(grad, out, relu, gamma.contiguous(), store_gc=need_gc,
-                                      gz_format=memory_format_of(x) if mask[4] else None, bn=bn)
+        sums, gc, g_res = bn_backward(grad, out, relu, conv_out, mean.float().contiguous(),
+                                      var.float().contiguous(), gamma.contiguous(), eps, store_gc=need_gc,
+                                      gz_format=memory_format_of(x) if mask[4] else None,
+                                      need_sums=bool(mask[2] or mask[3]))
+        g_gamma = sums[1].to(gamma.dtype) if mask[2] else None
+        g_beta = sums[0].to(gamma.dtype) if mask[3] else None
         gx, gw = self._conv_grads(gc, x, w, p, mask)
         return [gx, gw, g_gamma, g_beta, g_res]
 

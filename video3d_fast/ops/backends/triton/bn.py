@@ -22,6 +22,9 @@ from .common import INTERPRETED, cdiv, launch, ndhwc_strides, next_pow2, split_r
 # blocks give more programs and deep steps fewer iterations (64x64 took 0.21 ms there).
 FINALIZE_TILES = 64 if INTERPRETED else 128
 FINALIZE_CHANNELS = 64 if INTERPRETED else 16
+# The same step inside BN-apply, whose programs hold a 64-channel block: 16 tiles x 64 channels keeps the
+# loads at 8 registers per thread (128 tiles spilled there: 255 registers + 40 bytes of stack on sm_90).
+APPLY_FINALIZE_TILES = 64 if INTERPRETED else 16
 # sizes are runtime values so one compiled kernel serves every layer (strides stay specialised)
 ROWS_ARGS = ["M", "K", "Dd", "Hh", "Ww"]
 
@@ -38,18 +41,16 @@ def _offsets(m, Dd, Hh, Ww, s_n, s_d, s_h, s_w):
 
 
 # ------------------------------------------------------------------------------------------------
-# forward: finalize statistics, apply
+# forward: finalize statistics (and the running statistics), apply
+#
+# The per-channel statistics live in one (4, K) fp32 buffer: mean, biased var, a = gamma / sqrt(var + eps),
+# b = beta - mean * a (one allocation instead of four: on a GPU host each costs several microseconds, and
+# at batch 8 most layers are launch-bound).
 # ------------------------------------------------------------------------------------------------
-@triton.jit(do_not_specialize=["num_tiles", "rows_per_tile", "M", "K"])
-def bn_finalize_kernel(
-    tile_sum_ptr, tile_m2_ptr, gamma_ptr, beta_ptr, mean_ptr, var_ptr, a_ptr, b_ptr,
-    num_tiles, rows_per_tile, M, K, eps,
-    BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
-):
-    """Chan's combination of per-tile (sum, M2) into batch mean and biased variance, then the
-    per-channel affine a = gamma / sqrt(var + eps), b = beta - mean * a that BN-apply uses."""
-    ch = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
-    cmask = ch < K
+@triton.jit
+def _combine_tiles(tile_sum_ptr, tile_m2_ptr, ch, cmask, num_tiles, rows_per_tile, M, K,
+                   BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Chan's combination of per-tile (sum, M2) into the batch mean and biased variance of channels ch."""
     total = tl.zeros((BLOCK_C,), dtype=tl.float32)
     for t0 in range(0, num_tiles, BLOCK_T):
         t = t0 + tl.arange(0, BLOCK_T)
@@ -67,44 +68,114 @@ def bn_finalize_kernel(
         q = tl.load(tile_m2_ptr + t[:, None] * K + ch[None, :], mask=mask, other=0.0)
         delta = s / rows[:, None] - mean[None, :]
         m2 += tl.sum(tl.where(mask, q + rows[:, None] * delta * delta, 0.0), axis=0)
-    var = m2 / M
+    return mean, m2 / M
+
+
+@triton.jit
+def _lerp(start, end, weight):
+    """torch.lerp's formula (the running-statistics update of nn.BatchNorm), in fp32."""
+    if weight < 0.5:
+        result = start + weight * (end - start)
+    else:
+        result = end - (end - start) * (1.0 - weight)
+    return result
+
+
+@triton.jit
+def _finalize_channels(tile_sum_ptr, tile_m2_ptr, gamma_ptr, beta_ptr, stats_ptr, rm_ptr, rv_ptr,
+                       ch, cmask, wmask, num_tiles, rows_per_tile, M, K, eps, factor, unbias,
+                       RUNNING: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr):
+    """(a, b) of channels ch (valid where cmask); stores mean/var/a/b to stats where wmask and, with
+    RUNNING, updates the fp32 running statistics there in place: rm = lerp(rm, mean, factor),
+    rv = lerp(rv, var * M/(M-1), factor)."""
+    mean, var = _combine_tiles(tile_sum_ptr, tile_m2_ptr, ch, cmask, num_tiles, rows_per_tile, M, K,
+                               BLOCK_T, BLOCK_C)
     a = tl.load(gamma_ptr + ch, mask=cmask, other=1.0).to(tl.float32) / tl.sqrt(var + eps)
     b = tl.load(beta_ptr + ch, mask=cmask, other=0.0).to(tl.float32) - mean * a
-    tl.store(mean_ptr + ch, mean, mask=cmask)
-    tl.store(var_ptr + ch, var, mask=cmask)
-    tl.store(a_ptr + ch, a, mask=cmask)
-    tl.store(b_ptr + ch, b, mask=cmask)
+    tl.store(stats_ptr + ch, mean, mask=wmask)
+    tl.store(stats_ptr + K + ch, var, mask=wmask)
+    tl.store(stats_ptr + 2 * K + ch, a, mask=wmask)
+    tl.store(stats_ptr + 3 * K + ch, b, mask=wmask)
+    if RUNNING:
+        rm = tl.load(rm_ptr + ch, mask=wmask, other=0.0)
+        rv = tl.load(rv_ptr + ch, mask=wmask, other=0.0)
+        tl.store(rm_ptr + ch, _lerp(rm, mean, factor), mask=wmask)
+        tl.store(rv_ptr + ch, _lerp(rv, var * unbias, factor), mask=wmask)
+    return a, b
+
+
+@triton.jit(do_not_specialize=["num_tiles", "rows_per_tile", "M", "K"])
+def bn_finalize_kernel(
+    tile_sum_ptr, tile_m2_ptr, gamma_ptr, beta_ptr, stats_ptr, rm_ptr, rv_ptr,
+    num_tiles, rows_per_tile, M, K, eps, factor, unbias,
+    RUNNING: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """Batch statistics and the BN-apply affine (a, b) per channel from the conv epilogue's partials."""
+    ch = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = ch < K
+    _finalize_channels(tile_sum_ptr, tile_m2_ptr, gamma_ptr, beta_ptr, stats_ptr, rm_ptr, rv_ptr,
+                       ch, cmask, cmask, num_tiles, rows_per_tile, M, K, eps, factor, unbias,
+                       RUNNING, BLOCK_T, BLOCK_C)
+
+
+def _running_args(running, stats: torch.Tensor, count: int) -> Tuple[tuple, tuple, bool]:
+    """(running-statistics tensors, (factor, unbias) floats, RUNNING) kernel arguments."""
+    if running is None:
+        return (stats, stats), (0.0, 1.0), False
+    return (running.mean, running.var), (float(running.factor), count / (count - 1)), True
+
+
+def fuses_running_stats(running) -> bool:
+    """Whether the finalize step can update these running statistics itself: fp32, dense buffers (the
+    kernels compute the update in fp32; other dtypes keep torch's lerp_ on the host side)."""
+    return all(t.dtype == torch.float32 and t.is_contiguous() for t in (running.mean, running.var))
 
 
 def bn_finalize(tile_sum: torch.Tensor, tile_m2: torch.Tensor, rows_per_tile: int, count: int,
-                gamma: torch.Tensor, beta: torch.Tensor, eps: float):
-    """(mean, biased var, a, b), each (K,) fp32, from the conv epilogue's per-tile partials."""
+                gamma: torch.Tensor, beta: torch.Tensor, eps: float, running=None) -> torch.Tensor:
+    """(4, K) fp32 stats (mean, biased var, a, b) from the conv epilogue's per-tile partials; updates
+    ``running`` (base.RunningStats with fp32 buffers, or None) in place."""
     num_tiles, K = tile_sum.shape
-    outs = [new_output((K,), dtype=torch.float32, device=tile_sum.device) for _ in range(4)]
+    stats = new_output((4, K), dtype=torch.float32, device=tile_sum.device)
     block_c = min(FINALIZE_CHANNELS, max(16, next_pow2(K)))
-    launch(bn_finalize_kernel, (cdiv(K, block_c),), (tile_sum, tile_m2, gamma, beta, *outs),
-           (num_tiles, rows_per_tile, count, K, float(eps)), dict(BLOCK_T=FINALIZE_TILES, BLOCK_C=block_c))
-    return tuple(outs)
+    run_t, run_f, has_running = _running_args(running, stats, count)
+    launch(bn_finalize_kernel, (cdiv(K, block_c),), (tile_sum, tile_m2, gamma, beta, stats, *run_t),
+           (num_tiles, rows_per_tile, count, K, float(eps), *run_f),
+           dict(RUNNING=has_running, BLOCK_T=FINALIZE_TILES, BLOCK_C=block_c))
+    return stats
 
 
-@triton.jit(do_not_specialize=ROWS_ARGS)
+@triton.jit(do_not_specialize=ROWS_ARGS + ["num_tiles", "rows_per_tile"])
 def channel_affine_act_kernel(
-    c_ptr, res_ptr, out_ptr, a_ptr, b_ptr,
+    c_ptr, res_ptr, out_ptr, stats_ptr,
+    tile_sum_ptr, tile_m2_ptr, gamma_ptr, beta_ptr, rm_ptr, rv_ptr,
     M, K, Dd, Hh, Ww,
     c_sn, c_sd, c_sh, c_sw, c_sc,
     r_sn, r_sd, r_sh, r_sw, r_sc,
     o_sn, o_sd, o_sh, o_sw, o_sc,
-    HAS_RES: tl.constexpr, RELU: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+    num_tiles, rows_per_tile, eps, factor, unbias,
+    HAS_RES: tl.constexpr, RELU: tl.constexpr, FINALIZE: tl.constexpr, RUNNING: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    """out = act(c * a + b [+ residual]) in fp32, rounded once (BN-apply of the training form)."""
-    m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    """out = act(c * a + b [+ residual]) in fp32, rounded once (BN-apply of the training form).
+
+    (a, b) come from stats[2:4], or with FINALIZE each program combines the tile partials of its channels
+    itself (few tiles: a separate finalize launch would cost more host time than the redundant reads) and
+    the first row block's programs write stats and the running statistics."""
+    pid_m = tl.program_id(0)
+    m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     ch = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = ch < K
     mask = (m < M)[:, None] & cmask[None, :]
+    if FINALIZE:
+        a, b = _finalize_channels(tile_sum_ptr, tile_m2_ptr, gamma_ptr, beta_ptr, stats_ptr, rm_ptr, rv_ptr,
+                                  ch, cmask, cmask & (pid_m == 0), num_tiles, rows_per_tile, M, K, eps,
+                                  factor, unbias, RUNNING, BLOCK_T, BLOCK_C)
+    else:
+        a = tl.load(stats_ptr + 2 * K + ch, mask=cmask, other=0.0)
+        b = tl.load(stats_ptr + 3 * K + ch, mask=cmask, other=0.0)
     c = tl.load(c_ptr + _offsets(m, Dd, Hh, Ww, c_sn, c_sd, c_sh, c_sw)[:, None] + (ch * c_sc)[None, :],
                 mask=mask, other=0.0).to(tl.float32)
-    a = tl.load(a_ptr + ch, mask=cmask, other=0.0)
-    b = tl.load(b_ptr + ch, mask=cmask, other=0.0)
     v = c * a[None, :] + b[None, :]
     if HAS_RES:
         v += tl.load(res_ptr + _offsets(m, Dd, Hh, Ww, r_sn, r_sd, r_sh, r_sw)[:, None] + (ch * r_sc)[None, :],
@@ -115,23 +186,64 @@ def channel_affine_act_kernel(
              v.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def channel_affine_act(c: torch.Tensor, a: torch.Tensor, b: torch.Tensor, residual: Optional[torch.Tensor],
-                       relu: bool, memory_format: torch.memory_format) -> torch.Tensor:
-    """act(c * a + b [+ residual]) for c (N, K, D, H, W), a/b (K,) fp32; output in ``memory_format``."""
+def channel_affine_act(c: torch.Tensor, stats: torch.Tensor, residual: Optional[torch.Tensor], relu: bool,
+                       memory_format: torch.memory_format, finalize=None) -> torch.Tensor:
+    """act(c * a + b [+ residual]) for c (N, K, D, H, W) with (a, b) = stats[2:4]; output in
+    ``memory_format``. ``finalize`` = (tile_sum, tile_m2, rows_per_tile, gamma, beta, eps, running): the
+    kernel first computes stats itself (see channel_affine_act_kernel)."""
     N, K, Dd, Hh, Ww = c.shape
     M = N * Dd * Hh * Ww
     out = new_output(c.shape, dtype=c.dtype, device=c.device, memory_format=memory_format)
     bm, bc = _elementwise_blocks(K)
     res = residual if residual is not None else c
-    launch(channel_affine_act_kernel, (cdiv(M, bm), cdiv(K, bc)), (c, res, out, a, b),
-           (M, K, Dd, Hh, Ww, *ndhwc_strides(c), *ndhwc_strides(res), *ndhwc_strides(out)),
-           dict(HAS_RES=residual is not None, RELU=relu, BLOCK_M=bm, BLOCK_C=bc))
+    if finalize is not None:
+        tile_sum, tile_m2, rows_per_tile, gamma, beta, eps, running = finalize
+        run_t, run_f, has_running = _running_args(running, stats, M)
+        fin_t, fin_a = (tile_sum, tile_m2, gamma, beta, *run_t), (tile_sum.shape[0], rows_per_tile, float(eps), *run_f)
+    else:
+        fin_t, fin_a, has_running = (stats,) * 6, (0, 1, 0.0, 0.0, 1.0), False
+    launch(channel_affine_act_kernel, (cdiv(M, bm), cdiv(K, bc)), (c, res, out, stats, *fin_t),
+           (M, K, Dd, Hh, Ww, *ndhwc_strides(c), *ndhwc_strides(res), *ndhwc_strides(out), *fin_a),
+           dict(HAS_RES=residual is not None, RELU=relu, FINALIZE=finalize is not None, RUNNING=has_running,
+                BLOCK_T=APPLY_FINALIZE_TILES, BLOCK_M=bm, BLOCK_C=bc))
     return out
+
+
+# Up to this many conv row tiles, BN-apply combines the partials itself (one launch less per layer).
+# ResNet/ResNeXt stages 3-4 at batch 8 have 2-13 row tiles; at 64 the redundant combination reads are
+# still below the apply's own.
+FUSED_FINALIZE_MAX_TILES = 64
+
+
+def bn_forward(r, count: int, gamma: torch.Tensor, beta: torch.Tensor, residual: Optional[torch.Tensor],
+               relu: bool, eps: float, memory_format: torch.memory_format, running=None):
+    """Training-form BN after the conv epilogue's partials (conv3d_fwd's FwdResult ``r``):
+    (out, stats (4, K) fp32 = mean, biased var, a, b); updates ``running`` in place when given."""
+    if r.tile_sum.shape[0] <= FUSED_FINALIZE_MAX_TILES:
+        stats = new_output((4, r.conv.shape[1]), dtype=torch.float32, device=r.conv.device)
+        out = channel_affine_act(r.conv, stats, residual, relu, memory_format,
+                                 finalize=(r.tile_sum, r.tile_m2, r.block_m, gamma, beta, eps, running))
+        return out, stats
+    stats = bn_finalize(r.tile_sum, r.tile_m2, r.block_m, count, gamma, beta, eps, running)
+    return channel_affine_act(r.conv, stats, residual, relu, memory_format), stats
 
 
 # ------------------------------------------------------------------------------------------------
 # backward: reductions and the gradient prologue
 # ------------------------------------------------------------------------------------------------
+@triton.jit
+def _masked_grad(g_ptr, out_ptr, m, ch, mask, Dd, Hh, Ww, g_sn, g_sd, g_sh, g_sw, g_sc,
+                 o_sn, o_sd, o_sh, o_sw, o_sc, RELU: tl.constexpr):
+    """gz = grad * (out > 0 if RELU), fp32."""
+    gz = tl.load(g_ptr + _offsets(m, Dd, Hh, Ww, g_sn, g_sd, g_sh, g_sw)[:, None] + (ch * g_sc)[None, :],
+                 mask=mask, other=0.0).to(tl.float32)
+    if RELU:
+        o = tl.load(out_ptr + _offsets(m, Dd, Hh, Ww, o_sn, o_sd, o_sh, o_sw)[:, None] + (ch * o_sc)[None, :],
+                    mask=mask, other=0.0)
+        gz = tl.where(o > 0, gz, 0.0)
+    return gz
+
+
 @triton.jit(do_not_specialize=ROWS_ARGS)
 def grad_sums_kernel(
     g_ptr, out_ptr, c_ptr, center_ptr, part_ptr,
@@ -150,12 +262,8 @@ def grad_sums_kernel(
     cmask = ch < K
     mask = (m < M)[:, None] & cmask[None, :]
     width = 2 * K if WITH_C else K
-    gz = tl.load(g_ptr + _offsets(m, Dd, Hh, Ww, g_sn, g_sd, g_sh, g_sw)[:, None] + (ch * g_sc)[None, :],
-                 mask=mask, other=0.0).to(tl.float32)
-    if RELU:
-        o = tl.load(out_ptr + _offsets(m, Dd, Hh, Ww, o_sn, o_sd, o_sh, o_sw)[:, None] + (ch * o_sc)[None, :],
-                    mask=mask, other=0.0)
-        gz = tl.where(o > 0, gz, 0.0)
+    gz = _masked_grad(g_ptr, out_ptr, m, ch, mask, Dd, Hh, Ww, g_sn, g_sd, g_sh, g_sw, g_sc,
+                      o_sn, o_sd, o_sh, o_sw, o_sc, RELU)
     tl.store(part_ptr + pid_m * width + ch, tl.sum(gz, axis=0), mask=cmask)
     if WITH_C:
         c = tl.load(c_ptr + _offsets(m, Dd, Hh, Ww, c_sn, c_sd, c_sh, c_sw)[:, None] + (ch * c_sc)[None, :],
@@ -236,12 +344,8 @@ def grad_prologue_kernel(
     ch = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = ch < K
     mask = (m < M)[:, None] & cmask[None, :]
-    gz = tl.load(g_ptr + _offsets(m, Dd, Hh, Ww, g_sn, g_sd, g_sh, g_sw)[:, None] + (ch * g_sc)[None, :],
-                 mask=mask, other=0.0).to(tl.float32)
-    if RELU:
-        o = tl.load(out_ptr + _offsets(m, Dd, Hh, Ww, o_sn, o_sd, o_sh, o_sw)[:, None] + (ch * o_sc)[None, :],
-                    mask=mask, other=0.0)
-        gz = tl.where(o > 0, gz, 0.0)
+    gz = _masked_grad(g_ptr, out_ptr, m, ch, mask, Dd, Hh, Ww, g_sn, g_sd, g_sh, g_sw, g_sc,
+                      o_sn, o_sd, o_sh, o_sw, o_sc, RELU)
     if STORE_GZ:
         tl.store(gz_ptr + _offsets(m, Dd, Hh, Ww, z_sn, z_sd, z_sh, z_sw)[:, None] + (ch * z_sc)[None, :],
                  gz.to(gz_ptr.dtype.element_ty), mask=mask)
@@ -287,3 +391,100 @@ def grad_prologue(grad: torch.Tensor, out: torch.Tensor, relu: bool, coef: torch
             *ndhwc_strides(gc_t), *ndhwc_strides(gz_t)),
            dict(RELU=relu, BN=bn is not None, STORE_GC=store_gc, STORE_GZ=gz is not None, BLOCK_M=bm, BLOCK_C=bc))
     return gc, gz
+
+
+# ------------------------------------------------------------------------------------------------
+# backward of the training form in one launch, for short reductions
+# ------------------------------------------------------------------------------------------------
+# Up to this many output rows (N*D*H*W) per channel, the BN backward (sums, then gc/gz) is one program per
+# channel block looping over all rows twice, instead of grad_sums' two launches plus grad_prologue:
+# ResNet/ResNeXt stages 3-4 at batch 8 (784 and 128 rows) are launch-bound, and two passes over <= 8k
+# rows per program stay short.
+FUSED_BACKWARD_MAX_ROWS = 8192
+
+
+@triton.jit(do_not_specialize=ROWS_ARGS)
+def bn_backward_kernel(
+    g_ptr, out_ptr, c_ptr, gc_ptr, gz_ptr, gamma_ptr, mean_ptr, var_ptr, sums_ptr,
+    M, K, Dd, Hh, Ww, eps,
+    g_sn, g_sd, g_sh, g_sw, g_sc,
+    o_sn, o_sd, o_sh, o_sw, o_sc,
+    c_sn, c_sd, c_sh, c_sw, c_sc,
+    gc_sn, gc_sd, gc_sh, gc_sw, gc_sc,
+    z_sn, z_sd, z_sh, z_sw, z_sc,
+    RELU: tl.constexpr, STORE_GC: tl.constexpr, STORE_GZ: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """One channel block, all rows: sums[0] = sum gz (d beta), sums[1] = sum gz * xhat (d gamma), then
+    gc = gamma*invstd * (gz - sum_g/M - xhat * sum_gx/M) and/or gz; the same formulas as grad_sums +
+    grad_prologue, with the row sum accumulated per element and reduced once (deterministic)."""
+    ch = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = ch < K
+    mean = tl.load(mean_ptr + ch, mask=cmask, other=0.0)
+    invstd = 1.0 / tl.sqrt(tl.load(var_ptr + ch, mask=cmask, other=1.0) + eps)
+    acc_g = tl.zeros((BLOCK_M, BLOCK_C), dtype=tl.float32)
+    acc_gx = tl.zeros((BLOCK_M, BLOCK_C), dtype=tl.float32)
+    for m0 in range(0, M, BLOCK_M):
+        m = m0 + tl.arange(0, BLOCK_M)
+        mask = (m < M)[:, None] & cmask[None, :]
+        gz = _masked_grad(g_ptr, out_ptr, m, ch, mask, Dd, Hh, Ww, g_sn, g_sd, g_sh, g_sw, g_sc,
+                          o_sn, o_sd, o_sh, o_sw, o_sc, RELU)
+        c = tl.load(c_ptr + _offsets(m, Dd, Hh, Ww, c_sn, c_sd, c_sh, c_sw)[:, None] + (ch * c_sc)[None, :],
+                    mask=mask, other=0.0).to(tl.float32)
+        acc_g += gz
+        acc_gx += gz * tl.where(mask, c - mean[None, :], 0.0)
+    sum_g = tl.sum(acc_g, axis=0)
+    sum_gx = tl.sum(acc_gx, axis=0) * invstd
+    tl.store(sums_ptr + ch, sum_g, mask=cmask)
+    tl.store(sums_ptr + K + ch, sum_gx, mask=cmask)
+    if STORE_GC or STORE_GZ:
+        coef = tl.load(gamma_ptr + ch, mask=cmask, other=0.0).to(tl.float32) * invstd
+        mean_g = sum_g / M
+        proj = sum_gx / M * invstd
+        for m0 in range(0, M, BLOCK_M):
+            m = m0 + tl.arange(0, BLOCK_M)
+            mask = (m < M)[:, None] & cmask[None, :]
+            gz = _masked_grad(g_ptr, out_ptr, m, ch, mask, Dd, Hh, Ww, g_sn, g_sd, g_sh, g_sw, g_sc,
+                              o_sn, o_sd, o_sh, o_sw, o_sc, RELU)
+            if STORE_GZ:
+                tl.store(gz_ptr + _offsets(m, Dd, Hh, Ww, z_sn, z_sd, z_sh, z_sw)[:, None] + (ch * z_sc)[None, :],
+                         gz.to(gz_ptr.dtype.element_ty), mask=mask)
+            if STORE_GC:
+                c = tl.load(c_ptr + _offsets(m, Dd, Hh, Ww, c_sn, c_sd, c_sh, c_sw)[:, None] + (ch * c_sc)[None, :],
+                            mask=mask, other=0.0).to(tl.float32)
+                gc = coef[None, :] * (gz - mean_g[None, :] - (c - mean[None, :]) * proj[None, :])
+                tl.store(gc_ptr + _offsets(m, Dd, Hh, Ww, gc_sn, gc_sd, gc_sh, gc_sw)[:, None] + (ch * gc_sc)[None, :],
+                         gc.to(gc_ptr.dtype.element_ty), mask=mask)
+
+
+def bn_backward(grad: torch.Tensor, out: torch.Tensor, relu: bool, c: torch.Tensor, mean: torch.Tensor,
+                var: torch.Tensor, gamma: torch.Tensor, eps: float, *, store_gc: bool,
+                gz_format: Optional[torch.memory_format], need_sums: bool,
+                ) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """Training-form backward up to the conv: (sums, gc, gz) with sums (2, K) fp32 = (sum gz, sum gz*xhat)
+    (None unless ``need_sums`` or ``store_gc``), gc in channels_last_3d when ``store_gc``, gz (the
+    residual's gradient) in ``gz_format`` when given. mean/var: (K,) fp32 batch statistics."""
+    N, K, Dd, Hh, Ww = grad.shape
+    M = N * Dd * Hh * Ww
+    if M > FUSED_BACKWARD_MAX_ROWS:
+        sums = None
+        if store_gc or need_sums:
+            sum_g, sum_gx = grad_sums(grad, out, relu, c=c, mean=mean, var=var, eps=eps)
+            sums = torch.stack((sum_g, sum_gx))
+        gc, gz = grad_prologue(grad, out, relu, gamma, store_gc=store_gc, gz_format=gz_format,
+                               bn=(c, mean, var, sums[0], sums[1], eps) if store_gc else None)
+        return sums, gc, gz
+    gc = new_output(grad.shape, dtype=grad.dtype, device=grad.device,
+                    memory_format=torch.channels_last_3d) if store_gc else None
+    gz = new_output(grad.shape, dtype=grad.dtype, device=grad.device,
+                    memory_format=gz_format) if gz_format is not None else None
+    sums = new_output((2, K), dtype=torch.float32, device=grad.device)
+    gc_t = gc if gc is not None else grad
+    gz_t = gz if gz is not None else grad
+    bm = 128 if INTERPRETED else 64
+    bc = min(64 if INTERPRETED else 16, max(16, next_pow2(K)))
+    launch(bn_backward_kernel, (cdiv(K, bc),), (grad, out, c, gc_t, gz_t, gamma, mean, var, sums),
+           (M, K, Dd, Hh, Ww, float(eps), *ndhwc_strides(grad), *ndhwc_strides(out), *ndhwc_strides(c),
+            *ndhwc_strides(gc_t), *ndhwc_strides(gz_t)),
+           dict(RELU=relu, STORE_GC=store_gc, STORE_GZ=gz is not None, BLOCK_M=bm, BLOCK_C=bc))
+    return sums, gc, gz
