@@ -10,7 +10,9 @@
 2. ``splitk``: fprop of the deep 3x3x3 layers of ResNet-50 with the split-K heuristic vs split 1 vs cuDNN.
 3. ``launch``: host time per call of a launch-bound layer (inference and training form) with the
                direct compiled-kernel launch on and off, and whether both give identical bits.
-4. ``grouped``: ResNeXt-101's grouped 3x3x3 convs (stage 1's backward and every later stage lose to
+4. ``bnfuse``: the one-launch BN paths (finalize inside BN-apply, one-kernel BN backward) against the
+               separate launches, at stage 1-3 sizes (their thresholds).
+5. ``grouped``: ResNeXt-101's grouped 3x3x3 convs (stage 1's backward and every later stage lose to
                cuDNN), fprop, dgrad and wgrad under several tilings and split-K factors, against cuDNN
                (shapes are runtime kernel arguments, so each tiling compiles once for all shapes).
 Every timed variant is checked against a float64 / cuDNN reference first. Writes DIR/gpu_probe.json and
@@ -83,10 +85,11 @@ def probe_stem():
     row("stem", "fwd conv + BN partials", ms(lambda: conv3d_fwd.conv3d_fwd(
         x, w, p, store_out=False, store_conv=True, stats=True)), rel_err(r.conv, F.conv3d(x, w, **kw)))
     fin = lambda: bn.bn_finalize(r.tile_sum, r.tile_m2, r.block_m, p.gemm_m, gamma, beta, 1e-5)  # noqa: E731
-    mean, var, a, b = fin()
+    stats = fin()
+    mean, var = stats[0], stats[1]
     row("stem", "bn_finalize", ms(fin))
-    out = bn.channel_affine_act(r.conv, a, b, None, True, CL)
-    row("stem", "channel_affine_act", ms(lambda: bn.channel_affine_act(r.conv, a, b, None, True, CL)))
+    out = bn.channel_affine_act(r.conv, stats, None, True, CL)
+    row("stem", "channel_affine_act", ms(lambda: bn.channel_affine_act(r.conv, stats, None, True, CL)))
     sums = lambda: bn.grad_sums(dy, out, True, c=r.conv, mean=mean, var=var, eps=1e-5)  # noqa: E731
     sum_g, sum_gx = sums()
     row("stem", "grad_sums", ms(sums))
@@ -284,6 +287,42 @@ def probe_grouped():
                     gw_ref)
 
 
+def probe_bnfuse():
+    """The launch-saving BN paths against the separate ones, GPU time of the kernels alone, at the sizes
+    that decide their thresholds (bn.FUSED_FINALIZE_MAX_TILES, bn.FUSED_BACKWARD_MAX_ROWS): ResNeXt-101
+    stage 3 (784 rows per channel) and stage 2 (6272), batch 8."""
+    shapes = [(16, (1, 2, 4, 4))] if SMOKE else [(1024, (8, 2, 7, 7)), (512, (8, 4, 14, 14)), (256, (8, 8, 28, 28))]
+    for k, (n, *size) in shapes:
+        c = randn(n, k, *size).contiguous(memory_format=CL)
+        dy = randn(n, k, *size).contiguous(memory_format=CL)
+        gamma, beta = torch.rand(k, device=DEV) + 0.5, torch.randn(k, device=DEV) * 0.1
+        x = randn(n, k, *size).contiguous(memory_format=CL)
+        w = randn(k, k, 1, 1, 1, scale=k ** -0.5).contiguous(memory_format=CL)
+        p = make_params(x, w)
+        r = conv3d_fwd.conv3d_fwd(x, w, p, store_out=False, store_conv=True, stats=True)
+        label = f"K={k} rows={p.gemm_m} tiles={r.tile_sum.shape[0]}"
+        stats = bn.bn_finalize(r.tile_sum, r.tile_m2, r.block_m, p.gemm_m, gamma, beta, 1e-5)
+        ref_out = bn.channel_affine_act(r.conv, stats, None, True, CL)
+        fused_apply = (r.tile_sum, r.tile_m2, r.block_m, gamma, beta, 1e-5, None)
+        variant("bnfuse", f"{label} finalize + apply", lambda: bn.channel_affine_act(
+            r.conv, bn.bn_finalize(r.tile_sum, r.tile_m2, r.block_m, p.gemm_m, gamma, beta, 1e-5), None, True, CL),
+            ref_out)
+        variant("bnfuse", f"{label} apply with finalize inside", lambda: bn.channel_affine_act(
+            r.conv, torch.empty_like(stats), None, True, CL, finalize=fused_apply), ref_out)
+        mean, var = stats[0].contiguous(), stats[1].contiguous()
+        args = (dy, ref_out, True, r.conv, mean, var, gamma, 1e-5)
+        ref_gc = bn.bn_backward(*args, store_gc=True, gz_format=None, need_sums=True)[1] if SMOKE else None
+        for name, rows_limit in (("3 launches", 0), ("one kernel", 1 << 30)):
+            old, bn.FUSED_BACKWARD_MAX_ROWS = bn.FUSED_BACKWARD_MAX_ROWS, rows_limit
+            try:
+                gc = bn.bn_backward(*args, store_gc=True, gz_format=None, need_sums=True)[1]
+                ref_gc = gc if ref_gc is None else ref_gc
+                variant("bnfuse", f"{label} BN backward {name}", lambda: bn.bn_backward(
+                    *args, store_gc=True, gz_format=None, need_sums=True)[1], ref_gc)
+            finally:
+                bn.FUSED_BACKWARD_MAX_ROWS = old
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="benchmarks/results")
@@ -293,7 +332,7 @@ def main() -> int:
     torch.backends.cudnn.benchmark = True
     env = environment()
     print("gpu_probe:", env, flush=True)
-    for probe in (probe_launch, probe_splitk, probe_stem, probe_grouped):
+    for probe in (probe_launch, probe_bnfuse, probe_splitk, probe_stem, probe_grouped):
         t0 = time.time()
         try:
             probe()
