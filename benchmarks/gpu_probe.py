@@ -293,7 +293,6 @@ def probe_bnfuse():
     stage 3 (784 rows per channel) and stage 2 (6272), batch 8."""
     shapes = [(16, (1, 2, 4, 4))] if SMOKE else [(1024, (8, 2, 7, 7)), (512, (8, 4, 14, 14)), (256, (8, 8, 28, 28))]
     for k, (n, *size) in shapes:
-        c = randn(n, k, *size).contiguous(memory_format=CL)
         dy = randn(n, k, *size).contiguous(memory_format=CL)
         gamma, beta = torch.rand(k, device=DEV) + 0.5, torch.randn(k, device=DEV) * 0.1
         x = randn(n, k, *size).contiguous(memory_format=CL)
