@@ -8,7 +8,8 @@ Per network (16x112x112 clips, channels_last_3d, bf16 autocast as ``--amp bf16``
 * ``train``: forward, a loss, and the gradients of every parameter (``torch.autograd.grad``: nothing
   accumulates, so a step can be replayed); BatchNorm in training mode, running statistics updated;
 * ``eval``: forward under ``no_grad`` with eval-mode (folded) BatchNorm.
-Each is timed eagerly (host launch overhead included: what a plain training loop sees) and replayed as
+``train`` runs a third time with ``ops.recompute_conv_outputs()`` (the conv outputs are recomputed in
+backward instead of kept: its time cost and peak memory). Each is timed eagerly (host launch overhead included: what a plain training loop sees) and replayed as
 a CUDA graph (GPU time: what ``torch.compile(mode="reduce-overhead")`` or graphed callables approach).
 The logits (and, for ``train``, the loss) must match the torch backend's; the stem's weight gradient
 error is reported alongside. Writes DIR/gpu_models.{json,md} and prints a table.
@@ -32,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import (  # noqa: E402
     cuda_graph, environment, markdown_table, rel_err, results_dir, time_cpu, time_cuda, write_results,
 )
+from video3d_fast import ops  # noqa: E402
 from video3d_fast.models import generate_model, set_backend  # noqa: E402
 
 MODELS = {"r18": ("resnet", 18), "r50": ("resnet", 50), "rx101": ("resnext", 101)}
@@ -69,12 +71,13 @@ def run(args) -> int:
         x = torch.randn(batch, 3, *size, device=dev).contiguous(memory_format=torch.channels_last_3d)
         params = [p for p in model.parameters() if p.requires_grad]
         results: Dict[str, Dict] = {}
-        for backend in ("torch", "triton"):
-            set_backend(model, backend)
+        for variant in ("torch", "triton", "triton+recompute"):
+            set_backend(model, variant.split("+")[0])
+            recompute = variant.endswith("+recompute")
             state = {k: v.clone() for k, v in model.state_dict().items()}  # same BN statistics for both
 
             def train_step():
-                with torch.autocast(dev, dtype=torch.bfloat16, enabled=amp):
+                with torch.autocast(dev, dtype=torch.bfloat16, enabled=amp), ops.recompute_conv_outputs(recompute):
                     logits = model(x)
                 loss = logits.float().logsumexp(dim=1).mean()
                 return (logits, loss) + torch.autograd.grad(loss, params)
@@ -85,6 +88,8 @@ def run(args) -> int:
 
             out = {}
             for mode, fn in (("train", train_step), ("eval", eval_step)):
+                if recompute and mode == "eval":  # recomputing the conv output is a training-form option
+                    continue
                 model.load_state_dict(state)
                 model.train(mode == "train")
                 first = fn()
@@ -98,10 +103,10 @@ def run(args) -> int:
                 graph = None if args.smoke else cuda_graph(fn, failures)
                 out[mode]["graph_ms"] = float("nan") if graph is None else timer(graph.replay)
                 del graph
-                print(f"{key} {backend:6s} {mode}: eager {out[mode]['eager_ms']:.2f} ms, graph "
+                print(f"{key} {variant:6s} {mode}: eager {out[mode]['eager_ms']:.2f} ms, graph "
                       f"{out[mode]['graph_ms']:.2f} ms", flush=True)
             model.load_state_dict(state)
-            results[backend] = out
+            results[variant] = out
         for mode in ("train", "eval"):
             ours, base = results["triton"][mode], results["torch"][mode]
             pairs = list(zip(ours["result"], base["result"]))
@@ -117,16 +122,26 @@ def run(args) -> int:
                 torch_peak_mb=base.get("peak_mb", float("nan")), triton_peak_mb=ours.get("peak_mb", float("nan")),
                 rel_err=err, stem_grad_rel_err=grad_err, ok=err <= TOLERANCE,
             ))
+            if mode == "train":  # the same step keeping less activation memory (ops.recompute_conv_outputs)
+                rec = results["triton+recompute"]["train"]
+                rec_err = max(rel_err(a, b) for a, b in list(zip(rec["result"], base["result"]))[:2])
+                rows[-1].update(
+                    recompute_eager_ms=rec["eager_ms"], recompute_graph_ms=rec["graph_ms"],
+                    recompute_peak_mb=rec.get("peak_mb", float("nan")), recompute_rel_err=rec_err,
+                    ok=rows[-1]["ok"] and rec_err <= TOLERANCE)
         model = results = None  # free this network before the next (not del: the step closures name it)
     notes = [f"{r['model']} {r['mode']}: eager {r['speedup_eager']:.2f}x, CUDA graph {r['speedup_graph']:.2f}x "
              f"(triton backend vs torch modules){'' if r['ok'] else ' -- ABOVE TOLERANCE, not a valid speed'}"
              for r in rows]
+    notes += [f"{r['model']} train with recomputed conv outputs: eager {r['torch_eager_ms'] / r['recompute_eager_ms']:.2f}x, "
+              f"CUDA graph {r['torch_graph_ms'] / r['recompute_graph_ms']:.2f}x, peak {r['recompute_peak_mb']:.0f} MiB "
+              f"(torch modules {r['torch_peak_mb']:.0f} MiB)" for r in rows if "recompute_eager_ms" in r]
     if failures:
         notes.append(f"{len(failures)} CUDA-graph capture attempts failed, first: {failures[0]}")
     notes.append(f"total {time.time() - t_start:.0f} s")
     columns = ["model", "mode", "batch", "torch_eager_ms", "triton_eager_ms", "speedup_eager", "torch_graph_ms",
                "triton_graph_ms", "speedup_graph", "torch_peak_mb", "triton_peak_mb", "rel_err", "stem_grad_rel_err",
-               "ok"]
+               "recompute_eager_ms", "recompute_graph_ms", "recompute_peak_mb", "recompute_rel_err", "ok"]
     path = write_results(results_dir(args.out), "gpu_models", env, rows, columns,
                          "Whole networks: triton backend vs PyTorch modules (cuDNN), bf16 autocast", notes)
     print(markdown_table(rows, columns))

@@ -55,9 +55,9 @@ step gpu-tests 170 "$OUT_DIR/gpu_tests.log" "$PY" -m pytest -m gpu -q -p no:cach
 
 step bench-ops 40 "$OUT_DIR/gpu_suite.log" "$PY" benchmarks/gpu_bench_ops.py --out "$OUT_DIR" $QUICK_FLAG
 if [ -f benchmarks/gpu_bench_triton.py ]; then
-  step bench-triton 130 "$OUT_DIR/gpu_suite.log" "$PY" benchmarks/gpu_bench_triton.py --out "$OUT_DIR" --budget 110 $QUICK_FLAG
+  step bench-triton 120 "$OUT_DIR/gpu_suite.log" "$PY" benchmarks/gpu_bench_triton.py --out "$OUT_DIR" --budget 100 $QUICK_FLAG
 fi
-step bench-models 110 "$OUT_DIR/gpu_suite.log" "$PY" benchmarks/gpu_bench_models.py --out "$OUT_DIR" $QUICK_FLAG
+step bench-models 140 "$OUT_DIR/gpu_suite.log" "$PY" benchmarks/gpu_bench_models.py --out "$OUT_DIR" $QUICK_FLAG
 # targeted probe (stem breakdown, split-K, launch overhead): its table lands in gpu_suite.log
 step probe 80 "$OUT_DIR/gpu_suite.log" "$PY" benchmarks/gpu_probe.py --out "${TMPDIR:-/tmp}/video3d_fast_probe"
 
@@ -70,7 +70,7 @@ step probe 80 "$OUT_DIR/gpu_suite.log" "$PY" benchmarks/gpu_probe.py --out "${TM
     [ -f "$f" ] && { echo; grep -E '^(#|- |\*\*)' "$f" | head -n 20; }
   done
   echo; echo "probe (benchmarks/gpu_probe.py; full table in gpu_suite.log):"
-  grep -E '^(launch|splitk|stem|grouped) .* ms  err' "$OUT_DIR/gpu_suite.log" | cut -c1-100 | tail -n 60
+  grep -E '^(launch|bnfuse|splitk|stem|grouped) .* ms  err' "$OUT_DIR/gpu_suite.log" | cut -c1-100 | tail -n 60
 } | tee -a "$SUMMARY"
 
 # A device call returns at most 8 files from its output folder: fold the small text files into the log

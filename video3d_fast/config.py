@@ -111,6 +111,8 @@ class Config:
     compile_mode: str = _opt("default", "torch.compile mode; reduce-overhead replays CUDA graphs, which removes "
                              "the per-layer host time that dominates small-batch GPU training",
                              ["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"])
+    recompute_conv: bool = _opt(False, "keep less activation memory: backward recomputes each fused conv's output "
+                                "(one forward conv per unit more; fused backends only)")
     accumulation_steps: int = _opt(1, "micro-batches accumulated per optimizer step")
     warmup_epochs: float = _opt(0.0, "linear lr warm-up from 0, in epochs (fractions allowed), applied per iteration")
     cosine_min_lr: float = _opt(0.0, "cosine schedule floor")

@@ -34,13 +34,16 @@ def test_opcheck_passes_for_every_custom_op(backend, name):
     torch.library.opcheck(library.conv3d_op, (grads[0], grads[1], None, *args, backend))
     torch.library.opcheck(library.conv3d_affine_act_op, (*grads, *args, True, True, backend))
     torch.library.opcheck(library.conv3d_affine_act_op, (x, w, scale, shift, None, *args, False, False, backend))
-    torch.library.opcheck(library.conv3d_batchnorm_act_op, (*grads, *args, 1e-5, True, backend))
-    # The backward ops directly, with a partial output mask.
-    out, conv_out, mean, var = library.conv3d_batchnorm_act_op(x, w, scale, shift, res, *args, 1e-5, True, backend)
+    torch.library.opcheck(library.conv3d_batchnorm_act_op, (*grads, *args, 1e-5, True, True, backend))
+    torch.library.opcheck(library.conv3d_batchnorm_act_op, (*grads, *args, 1e-5, True, False, backend))
+    # The backward ops directly, with a partial output mask; with the conv output kept and recomputed.
+    out, conv_out, mean, var = library.conv3d_batchnorm_act_op(x, w, scale, shift, res, *args, 1e-5, True, True,
+                                                               backend)
     g = torch.randn_like(out)
     mask = [True, False, True, False, res is not None]
-    torch.library.opcheck(library.conv3d_batchnorm_act_backward_op,
-                          (g, out, conv_out, mean, var, x, w, scale, *args, 1e-5, True, mask, backend))
+    for kept in (conv_out, conv_out.new_empty(0)):
+        torch.library.opcheck(library.conv3d_batchnorm_act_backward_op,
+                              (g, out, kept, mean, var, x, w, scale, *args, 1e-5, True, mask, backend))
     out, conv_out = library.conv3d_affine_act_op(x, w, scale, shift, res, *args, True, True, backend)
     torch.library.opcheck(library.conv3d_affine_act_backward_op,
                           (g, out, conv_out, x, w, scale, *args, True, [False, True, True, True, False], backend))

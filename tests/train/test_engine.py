@@ -178,3 +178,28 @@ def test_compile_mode_reaches_torch_compile(files, tmp_path, monkeypatch):
     Runner(tiny_config(files, tmp_path / "m", n_epochs=1, no_val=True, compile=True,
                        compile_mode="reduce-overhead")).run()
     assert seen["mode"] == "reduce-overhead"
+
+
+def test_recompute_conv_trains_the_same_weights_with_the_conv_outputs_recomputed(files, tmp_path, monkeypatch):
+    """--recompute_conv changes what backward keeps, not what it computes: the same seed gives the same
+    weights, bit for bit (the cpu backend recomputes each conv output with the same kernel)."""
+    from video3d_fast import ops
+
+    seen = []
+    real = ops.recompute_conv_outputs
+
+    def spy(enabled=True):
+        seen.append(enabled)
+        return real(enabled)
+
+    monkeypatch.setattr(ops, "recompute_conv_outputs", spy)
+    common = dict(n_epochs=1, no_val=True, backend="cpu")
+    a = Runner(tiny_config(files, tmp_path / "a", **common))
+    a.run()
+    assert seen and not any(seen)
+    seen.clear()
+    b = Runner(tiny_config(files, tmp_path / "b", recompute_conv=True, **common))
+    b.run()
+    assert seen and all(seen)
+    for (name, p), q in zip(a.model.named_parameters(), b.model.parameters()):
+        assert torch.equal(p, q), name

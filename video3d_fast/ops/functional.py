@@ -7,7 +7,8 @@ autograd instead.
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple, Union
+import contextlib
+from typing import Iterator, Optional, Tuple, Union
 
 import torch
 
@@ -24,7 +25,31 @@ from .params import (
 )
 from .reference import batchnorm_momentum_factor, opmath_dtype
 
-__all__ = ["conv3d", "conv3d_affine_act", "conv3d_batchnorm_act", "fold_batchnorm"]
+__all__ = ["conv3d", "conv3d_affine_act", "conv3d_batchnorm_act", "fold_batchnorm", "recompute_conv_outputs"]
+
+# Default of conv3d_batchnorm_act's save_conv_out (see recompute_conv_outputs).
+_RECOMPUTE_CONV_OUTPUTS = False
+
+
+@contextlib.contextmanager
+def recompute_conv_outputs(enabled: bool = True) -> Iterator[None]:
+    """Inside this block, training-form calls (``conv3d_batchnorm_act``, hence every fused conv + BN unit of
+    a model in training mode) do not keep the pre-BatchNorm conv output for backward; backward computes
+    the convolution again from the saved input and weight.
+
+    The conv output is the one activation per layer the fused op keeps that a network does not keep
+    anyway (the layer's output is the next layer's saved input), so this takes roughly one activation per
+    conv unit off the memory held between forward and backward (`benchmarks/activation_memory.py`), for one
+    more forward convolution per unit in backward. Like gradient checkpointing, but per conv and without
+    re-running BatchNorm (its batch statistics are kept). Calls with an explicit ``save_conv_out`` ignore it.
+    """
+    global _RECOMPUTE_CONV_OUTPUTS
+    previous = _RECOMPUTE_CONV_OUTPUTS
+    _RECOMPUTE_CONV_OUTPUTS = bool(enabled)
+    try:
+        yield
+    finally:
+        _RECOMPUTE_CONV_OUTPUTS = previous
 
 
 def _autocast(*tensors: Optional[torch.Tensor]):
@@ -185,6 +210,7 @@ def conv3d_batchnorm_act(
     activation: str = "relu",
     *,
     backend: str = "auto",
+    save_conv_out: Optional[bool] = None,
 ) -> torch.Tensor:
     """Training form: conv3d -> BatchNorm3d in training mode -> [+ residual] -> activation.
 
@@ -193,7 +219,9 @@ def conv3d_batchnorm_act(
     update, ``momentum`` (None = cumulative average) and ``eps`` as in nn.BatchNorm3d. ``running_mean``,
     ``running_var`` and ``num_batches_tracked`` are updated in place (pass None to not track, like
     ``track_running_stats=False``); ``bn_weight``/``bn_bias`` None means ``affine=False``.
-    Only the pre-BN conv output (and the output, for the ReLU mask) is kept for backward.
+    Only the pre-BN conv output (and the output, for the ReLU mask) is kept for backward; with
+    ``save_conv_out=False`` (default: False inside :func:`recompute_conv_outputs`, else True) not even
+    that: backward computes the conv again. The ``torch`` backend is plain autograd and ignores it.
     """
     checked = key = None
     if not torch.compiler.is_compiling():
@@ -243,8 +271,11 @@ def conv3d_batchnorm_act(
     running = None
     if running_mean is not None and running_var is not None:
         running = RunningStats(running_mean, running_var, batchnorm_momentum_factor(momentum, num_batches_tracked))
+    if save_conv_out is None:
+        save_conv_out = not _RECOMPUTE_CONV_OUTPUTS
     return library.conv3d_batchnorm_act(
-        input, weight, bn_weight, bn_bias, residual, *p.as_conv_args(), float(eps), relu, name, running=running
+        input, weight, bn_weight, bn_bias, residual, *p.as_conv_args(), float(eps), relu, bool(save_conv_out), name,
+        running=running,
     )[0]
 
 

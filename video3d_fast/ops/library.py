@@ -72,6 +72,12 @@ def _grads_or_none(ctx, grads, mask) -> tuple:
     return tuple(g if wanted else None for g, wanted in zip(grads, mask))
 
 
+def _relu_mask_source(out: Tensor, relu: bool) -> Tensor:
+    """What backward keeps of the output: the output itself for the ReLU mask, nothing without a ReLU (a
+    downsample unit's output is the residual, which no later op keeps: keeping it cost an activation)."""
+    return out if relu else _empty(out)
+
+
 def _fake_out(x: Tensor, p: Conv3dParams, dtype=None) -> Tensor:
     return torch.empty(
         p.out_shape, dtype=dtype or x.dtype, device=x.device, memory_format=memory_format_of(x)
@@ -197,6 +203,7 @@ def _(input, weight, scale, shift, residual, stride, padding, dilation, groups, 
 def _affine_grads(grad_output, out, conv_out, input, weight, scale, stride, padding, dilation, groups, relu,
                   output_mask, backend):
     """The backend's gradients of (input, weight, scale, shift, residual), None where not asked for."""
+    out = out if relu else grad_output  # not kept without a ReLU (see _relu_mask_source); never read then
     p = _params(input, weight, stride, padding, dilation, groups)
     return get_backend(backend).affine_act_backward(
         grad_output.contiguous(memory_format=memory_format_of(input)), out,
@@ -238,7 +245,7 @@ def _(grad_output, out, conv_out, input, weight, scale, stride, padding, dilatio
         _fake_grad_like(weight, output_mask[1]),
         _fake_grad_like(scale, output_mask[2]),
         _fake_grad_like(scale, output_mask[3]),
-        torch.empty_like(out, memory_format=memory_format_of(input)) if output_mask[4] else _empty(input),
+        torch.empty_like(grad_output, memory_format=memory_format_of(input)) if output_mask[4] else _empty(input),
     )
 
 
@@ -247,7 +254,7 @@ def _affine_setup(ctx, inputs, output):
      backend) = inputs
     out, conv_out = output
     ctx.mark_non_differentiable(conv_out)
-    ctx.save_for_backward(out, conv_out, input, weight, scale)
+    ctx.save_for_backward(_relu_mask_source(out, relu), conv_out, input, weight, scale)
     ctx.conv = (stride, padding, dilation, groups, relu, backend)
 
 
@@ -279,43 +286,56 @@ def _bn_impl(
     groups: int,
     eps: float,
     relu: bool,
+    save_conv_out: bool,
     backend: str,
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Returns (out, conv_out, batch mean, biased batch var); mean/var in fp32 (fp64 for fp64)."""
+    """Returns (out, conv_out, batch mean, biased batch var); mean/var in fp32 (fp64 for fp64). conv_out is
+    empty unless save_conv_out (then backward computes the conv again from input and weight)."""
     p = _params(input, weight, stride, padding, dilation, groups)
-    outputs = get_backend(backend).batchnorm_act_forward(input, weight, bn_weight, bn_bias, residual, p, eps, relu)
-    return _unaliased(outputs, (input, weight, bn_weight, bn_bias, residual))
+    out, conv_out, mean, var = get_backend(backend).batchnorm_act_forward(
+        input, weight, bn_weight, bn_bias, residual, p, eps, relu)
+    return _unaliased((out, conv_out if save_conv_out else _empty(input), mean, var),
+                      (input, weight, bn_weight, bn_bias, residual))
 
 
 def _bn_eager_impl(input, weight, bn_weight, bn_bias, residual, stride, padding, dilation, groups, eps, relu,
-                   backend, running: Optional[RunningStats]):
+                   save_conv_out, backend, running: Optional[RunningStats]):
     """_bn_impl plus the running-statistics update, for eager calls: a backend that can updates them inside
     its kernels (the triton finalize step), which saves ~7 small torch ops of host time per layer."""
     p = _params(input, weight, stride, padding, dilation, groups)
     impl = get_backend(backend)
     if running is not None and impl.fuses_running_stats(input, running):
-        return impl.batchnorm_act_forward(input, weight, bn_weight, bn_bias, residual, p, eps, relu, running=running)
-    outputs = impl.batchnorm_act_forward(input, weight, bn_weight, bn_bias, residual, p, eps, relu)
-    if running is not None:
-        update_running_stats(running, outputs[2], outputs[3], p.gemm_m)
-    return outputs
+        out, conv_out, mean, var = impl.batchnorm_act_forward(
+            input, weight, bn_weight, bn_bias, residual, p, eps, relu, running=running)
+    else:
+        out, conv_out, mean, var = impl.batchnorm_act_forward(
+            input, weight, bn_weight, bn_bias, residual, p, eps, relu)
+        if running is not None:
+            update_running_stats(running, mean, var, p.gemm_m)
+    return out, (conv_out if save_conv_out else _empty(input)), mean, var
 
 
 conv3d_batchnorm_act_op = torch.library.custom_op(f"{NAMESPACE}::conv3d_batchnorm_act", _bn_impl, mutates_args=())
 
 
 @conv3d_batchnorm_act_op.register_fake
-def _(input, weight, bn_weight, bn_bias, residual, stride, padding, dilation, groups, eps, relu, backend):
+def _(input, weight, bn_weight, bn_bias, residual, stride, padding, dilation, groups, eps, relu, save_conv_out,
+      backend):
     p = _params(input, weight, stride, padding, dilation, groups)
     stats = input.new_empty(p.out_channels, dtype=opmath_dtype(input.dtype))
-    return _fake_out(input, p), _fake_out(input, p), stats, torch.empty_like(stats)
+    return _fake_out(input, p), (_fake_out(input, p) if save_conv_out else _empty(input)), stats, torch.empty_like(stats)
 
 
 def _bn_grads(grad_output, out, conv_out, mean, var, input, weight, bn_weight, stride, padding, dilation, groups,
               eps, relu, output_mask, backend):
-    """The backend's gradients of (input, weight, bn_weight, bn_bias, residual), None where not asked for."""
+    """The backend's gradients of (input, weight, bn_weight, bn_bias, residual), None where not asked for.
+    An empty conv_out was not kept by the forward (save_conv_out=False): the conv runs again here."""
+    out = out if relu else grad_output  # not kept without a ReLU (see _relu_mask_source); never read then
     p = _params(input, weight, stride, padding, dilation, groups)
-    return get_backend(backend).batchnorm_act_backward(
+    impl = get_backend(backend)
+    if not conv_out.numel():
+        conv_out = impl.conv3d_forward(input, weight, None, p)
+    return impl.batchnorm_act_backward(
         grad_output.contiguous(memory_format=memory_format_of(input)), out, conv_out, mean, var, input, weight,
         bn_weight, p, eps, relu, output_mask,
     )
@@ -358,16 +378,16 @@ def _(grad_output, out, conv_out, mean, var, input, weight, bn_weight, stride, p
         _fake_grad_like(weight, output_mask[1]),
         _fake_grad_like(bn_weight, output_mask[2]),
         _fake_grad_like(bn_weight, output_mask[3]),
-        torch.empty_like(out, memory_format=memory_format_of(input)) if output_mask[4] else _empty(input),
+        torch.empty_like(grad_output, memory_format=memory_format_of(input)) if output_mask[4] else _empty(input),
     )
 
 
 def _bn_setup(ctx, inputs, output):
-    (input, weight, bn_weight, bn_bias, residual, stride, padding, dilation, groups, eps, relu,
+    (input, weight, bn_weight, bn_bias, residual, stride, padding, dilation, groups, eps, relu, _save_conv_out,
      backend) = inputs
     out, conv_out, mean, var = output
     ctx.mark_non_differentiable(conv_out, mean, var)
-    ctx.save_for_backward(out, conv_out, mean, var, input, weight, bn_weight)
+    ctx.save_for_backward(_relu_mask_source(out, relu), conv_out, mean, var, input, weight, bn_weight)
     ctx.conv = (stride, padding, dilation, groups, eps, relu, backend)
 
 
@@ -378,7 +398,7 @@ def _bn_backward(ctx, grad_out, _g_conv_out, _g_mean, _g_var):
     grads = _backward_call(ctx, conv3d_batchnorm_act_backward_op, _bn_grads,
                            grad_out, out, conv_out, mean, var, input, weight, bn_weight, stride, padding,
                            dilation, groups, eps, relu, mask, backend)
-    return _grads_or_none(ctx, grads, mask) + (None,) * 7
+    return _grads_or_none(ctx, grads, mask) + (None,) * 8
 
 
 conv3d_batchnorm_act_op.register_autograd(_bn_backward, setup_context=_bn_setup)
@@ -455,7 +475,7 @@ def conv3d_batchnorm_act(*args, running: Optional[RunningStats] = None) -> Tuple
     if use_custom_ops():
         outputs = conv3d_batchnorm_act_op(*args)
         if running is not None:  # a custom op with autograd may not mutate its inputs: update outside it
-            update_running_stats(running, outputs[2], outputs[3], outputs[1].numel() // outputs[1].shape[1])
+            update_running_stats(running, outputs[2], outputs[3], outputs[0].numel() // outputs[0].shape[1])
         return outputs
     if not needs_autograd(*args[:5]):
         return _bn_eager_impl(*args, running)

@@ -30,6 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .. import ops
 from ..data.annotations import Annotation
 from ..data.pipeline import build_dataset, build_loader, build_normalize, load_run_annotation, subset_of_phase
 from .checkpoint import (
@@ -235,7 +236,7 @@ class Runner:
                 y = batch.clip_targets.to(self.device, non_blocking=True)
                 sync = last_of_group or not ctx.enabled
                 with (nullcontext() if sync else self.step_model.no_sync()):
-                    with self._autocast():
+                    with self._autocast(), ops.recompute_conv_outputs(cfg.recompute_conv):
                         logits = self.step_model(x)
                         loss = F.cross_entropy(logits.float(), y)
                     if not all_agree(bool(torch.isfinite(loss.detach())), ctx):
