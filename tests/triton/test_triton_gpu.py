@@ -82,3 +82,21 @@ def test_training_form_is_deterministic_on_gpu():
         results.append((y, xs.grad, ws.grad))
     for a, b in zip(*results):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", ["r50_l2_conv2_s2", "rx101_l3_grouped"])
+def test_recomputed_conv_output_gives_identical_gradients_on_gpu(name):
+    """save_conv_out=False recomputes c with the forward kernel in backward: split-K, tiles and rounding
+    must match the training forward's, so the gradients are bit-identical (the many-row stage-2 layer
+    takes the separate-finalize path, the stage-3 layer the fused one)."""
+    p = variant(LARGE[name], dtype=BF16, layout="ndhwc", residual=True)
+    x, w, gamma, beta, res = p.make(torch.Generator().manual_seed(9), device="cuda")
+    results = []
+    for save in (True, False):
+        xs, ws, gs = x.clone().requires_grad_(True), w.clone().requires_grad_(True), gamma.clone().requires_grad_(True)
+        y = ops.conv3d_batchnorm_act(xs, ws, gs, beta, None, None, residual=res, backend="triton",
+                                     save_conv_out=save, **p.conv_kwargs)
+        y.backward(torch.randn(y.shape, device="cuda", generator=torch.Generator("cuda").manual_seed(10)).to(BF16))
+        results.append((y, xs.grad, ws.grad, gs.grad))
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
