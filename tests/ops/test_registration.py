@@ -44,9 +44,15 @@ def test_opcheck_passes_for_every_custom_op(backend, name):
     for kept in (conv_out, conv_out.new_empty(0)):
         torch.library.opcheck(library.conv3d_batchnorm_act_backward_op,
                               (g, out, kept, mean, var, x, w, scale, *args, 1e-5, True, mask, backend))
+    # without a ReLU the forward keeps no output (an empty tensor reaches backward)
+    torch.library.opcheck(library.conv3d_batchnorm_act_backward_op,
+                          (g, out.new_empty(0), conv_out, mean, var, x, w, scale, *args, 1e-5, False, mask, backend))
     out, conv_out = library.conv3d_affine_act_op(x, w, scale, shift, res, *args, True, True, backend)
     torch.library.opcheck(library.conv3d_affine_act_backward_op,
                           (g, out, conv_out, x, w, scale, *args, True, [False, True, True, True, False], backend))
+    torch.library.opcheck(library.conv3d_affine_act_backward_op,
+                          (g, out.new_empty(0), conv_out, x, w, scale, *args, False, [True, True, True, True, True],
+                           backend))
     torch.library.opcheck(library.conv3d_backward_op, (g, x, w, *args, [True, True, True], backend))
 
 
