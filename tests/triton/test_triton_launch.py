@@ -23,12 +23,12 @@ class _Compiled:
 
 
 class _Kernel:
-    """Stand-in for a JITFunction with parameters (x_ptr, y_ptr, n, BLOCK, FLAG)."""
+    """Stand-in for a JITFunction with parameters (x_ptr, y_ptr, n, BLOCK, FLAG), or with a float parameter
+    before the constexprs when made with ``with_float=True``."""
 
-    arg_names = ["x_ptr", "y_ptr", "n", "BLOCK", "FLAG"]
-
-    def __init__(self):
+    def __init__(self, with_float: bool = False):
         self.calls = []
+        self.arg_names = ["x_ptr", "y_ptr", "n"] + (["eps"] if with_float else []) + ["BLOCK", "FLAG"]
 
     def __getitem__(self, grid):
         def jit(*args, **kwargs):
@@ -89,3 +89,16 @@ def test_a_launch_hook_or_the_switch_keeps_every_call_on_the_jit(direct, monkeyp
     for _ in range(2):
         common.launch(k, (1,), (x, x), (16,), dict(BLOCK=16, FLAG=True))
     assert [c[0] for c in k.calls] == ["jit"] * 4
+
+
+def test_float_arguments_are_not_specialised_and_reach_the_compiled_kernel(direct):
+    """A float argument (a momentum factor that changes every step) neither makes a new JIT call and cache
+    entry per value nor gets frozen at its first value."""
+    k = _Kernel(with_float=True)
+    x = torch.randn(16)
+    consts = dict(BLOCK=16, FLAG=True)
+    for factor in (0.5, 1 / 3, 0.25):
+        common.launch(k, (1,), (x, x), (16, factor), consts)
+    assert [c[0] for c in k.calls] == ["jit", "direct", "direct"]
+    assert [c[3][2:4] for c in k.calls[1:]] == [(16, 1 / 3), (16, 0.25)]
+    assert len(common._compiled) == 1

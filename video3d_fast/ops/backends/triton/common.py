@@ -59,28 +59,30 @@ def launch(kernel, grid: tuple, tensors: tuple, args: tuple = (), constexprs: Op
     kernel and returns it; later calls launch that compiled kernel on the current stream without the
     JIT's per-argument binding. The cache key holds everything the JIT specialises on: each tensor's
     dtype and 16-byte alignment, the integer arguments (their values, a superset of what Triton
-    distinguishes), the constexprs and the device. A launch hook (profilers) takes the JIT path.
+    distinguishes), the constexprs and the device. Float arguments (eps, a momentum factor) are never
+    specialised: their values stay out of the key (a cumulative-average momentum changes every step, and
+    each value would have been a JIT call and a cache entry). A launch hook (profilers) takes the JIT path.
     """
     constexprs = constexprs or {}
     if not DIRECT_LAUNCH or _launch_hooks_set():
         kernel[grid](*tensors, *args, **constexprs)
         return
     device = torch.cuda.current_device()
-    key = (kernel, device, tuple((t.dtype, t.data_ptr() % 16 == 0) for t in tensors), args,
-           tuple(constexprs.items()))
+    key = (kernel, device, tuple((t.dtype, t.data_ptr() % 16 == 0) for t in tensors),
+           tuple(float if type(a) is float else a for a in args), tuple(constexprs.items()))
     hit = _compiled.get(key)
     if hit is None:
         compiled = kernel[grid](*tensors, *args, **constexprs)
         if hasattr(compiled, "packed_metadata") and hasattr(compiled, "function"):
             # positional values of the constexpr parameters, in the kernel's parameter order
             tail = tuple(constexprs[name] for name in kernel.arg_names[len(tensors) + len(args):])
-            _compiled[key] = (compiled, args + tail)
+            _compiled[key] = (compiled, tail)
         return
-    compiled, rest = hit
+    compiled, tail = hit
     g1 = grid[1] if len(grid) > 1 else 1
     g2 = grid[2] if len(grid) > 2 else 1
     compiled.run(grid[0], g1, g2, torch._C._cuda_getCurrentRawStream(device), compiled.function,
-                 compiled.packed_metadata, None, None, None, *tensors, *rest)
+                 compiled.packed_metadata, None, None, None, *tensors, *args, *tail)
 
 
 def _launch_hooks_set() -> bool:
