@@ -246,11 +246,11 @@ def probe_grouped():
         autotune.KernelConfig(64, 32, 16, 4, 3), autotune.KernelConfig(64, 64, 32, 4, 3),
         autotune.KernelConfig(32, 32, 16, 4, 3), autotune.KernelConfig(128, 32, 32, 4, 3),
         autotune.KernelConfig(64, 32, 16, 4, 3, split_k=3), autotune.KernelConfig(32, 64, 64, 4, 2),
-        # one group per tile at Cg = 16 (stage 3: 22 of the 33 grouped layers), tap-aligned 16-wide K
-        # steps instead of the heuristic's flattened 64-wide ones, and twice the programs
-        autotune.KernelConfig(64, 16, 16, 4, 3), autotune.KernelConfig(64, 16, 16, 4, 4),
-        # stage 4 (M = 128 rows, 32 programs, 14 K steps): split-K below the heuristic's 16-step floor
-        autotune.KernelConfig(128, 32, 64, 4, 2, split_k=2), autotune.KernelConfig(128, 32, 64, 4, 2, split_k=4),
+        # stage 3 (22 of the 33 grouped layers; heuristic 64x16x16/3, one group per tile): twice the
+        # programs, or a deeper pipeline
+        autotune.KernelConfig(32, 16, 16, 4, 3), autotune.KernelConfig(64, 16, 16, 4, 4),
+        # stage 4 (heuristic 64x32x32/3 with the split-K heuristic): fixed split 2, and 32-row tiles
+        autotune.KernelConfig(64, 32, 32, 4, 3, split_k=2), autotune.KernelConfig(32, 32, 32, 4, 3),
     ]
     from video3d_fast.ops.backends.triton import conv3d_dgrad
 
