@@ -210,9 +210,10 @@ def channel_affine_act(c: torch.Tensor, stats: torch.Tensor, residual: Optional[
 
 
 # Up to this many conv row tiles, BN-apply combines the partials itself (one launch less per layer).
-# ResNet/ResNeXt stages 3-4 at batch 8 have 2-13 row tiles; at 64 the redundant combination reads are
-# still below the apply's own.
-FUSED_FINALIZE_MAX_TILES = 64
+# Every apply program re-reads tiles x 64 channels x 2 fp32 partials (L2-resident): at 32 tiles 16 KB,
+# no more than the 16-24 KB of activations it moves itself. ResNet/ResNeXt stages 3-4 at batch 8 have
+# 1-13 row tiles; stage 2 (~50-100) keeps the separate finalize launch.
+FUSED_FINALIZE_MAX_TILES = 32
 
 
 def bn_forward(r, count: int, gamma: torch.Tensor, beta: torch.Tensor, residual: Optional[torch.Tensor],
@@ -397,10 +398,11 @@ def grad_prologue(grad: torch.Tensor, out: torch.Tensor, relu: bool, coef: torch
 # backward of the training form in one launch, for short reductions
 # ------------------------------------------------------------------------------------------------
 # Up to this many output rows (N*D*H*W) per channel, the BN backward (sums, then gc/gz) is one program per
-# channel block looping over all rows twice, instead of grad_sums' two launches plus grad_prologue:
-# ResNet/ResNeXt stages 3-4 at batch 8 (784 and 128 rows) are launch-bound, and two passes over <= 8k
-# rows per program stay short.
-FUSED_BACKWARD_MAX_ROWS = 8192
+# 16-channel block looping over all rows twice, instead of grad_sums' two launches plus grad_prologue:
+# ResNet/ResNeXt stages 3-4 at batch 8 (784 and 128 rows) are launch-bound. One program then moves
+# ~200 KB at 2048 rows; at stage 2's 6272 rows it would move ~1.5 MB from one SM while K/16 = 16-32
+# programs leave most of the GPU idle, so longer reductions keep the three wide launches.
+FUSED_BACKWARD_MAX_ROWS = 2048
 
 
 @triton.jit(do_not_specialize=ROWS_ARGS)
