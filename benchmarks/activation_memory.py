@@ -1,6 +1,8 @@
 """Activation memory a training step keeps between forward and backward, per network and execution mode.
 
     python benchmarks/activation_memory.py [--models r50,rx101] [--batch 1] [--time] [--out DIR]
+    TRITON_INTERPRET=1 python benchmarks/activation_memory.py --backend triton --stub-launches \
+        --name cpu_activation_memory_triton     # which tensors the triton backend keeps, kernels not run
 
 Counts, during one training-mode forward, the distinct tensor storages autograd saves for backward
 (``torch.autograd.graph.saved_tensors_hooks``), parameters and buffers left out: the activation memory
@@ -9,10 +11,12 @@ decided by the op layer, the same for every fused backend), so it runs on the CP
 halves every activation alike. Modes:
 
 * ``torch``: the authors' modules (Conv3d, BatchNorm3d, ReLU) under plain autograd;
-* ``fused``: every conv unit as one training-form op (``--backend``, default cpu): keeps the pre-BN conv
-  output and the output per unit, like eager;
-* ``fused+recompute``: the same inside ``ops.recompute_conv_outputs()``: the conv output is recomputed
-  in backward instead of kept.
+* ``fused, outputs kept``: every conv unit as one training-form op (``--backend``, default cpu), keeping
+  the pre-BN conv output and the output per unit, like eager;
+* ``fused``: the default: where the backend can rebuild a unit's output bit-exactly from its conv output
+  (the triton backend, units without residual), the output is not kept (library._OutputRecipe);
+* ``fused+recompute``: inside ``ops.recompute_conv_outputs()``: the conv output is recomputed in backward
+  instead of kept.
 
 ``--time`` also times one forward+backward per mode (CPU, one run: the recompute overhead's order of
 magnitude, not a GPU number).
@@ -30,10 +34,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import environment, markdown_table, results_dir, write_results  # noqa: E402
 from video3d_fast import ops  # noqa: E402
+from video3d_fast.ops import library  # noqa: E402
 from video3d_fast.models import generate_model, set_backend  # noqa: E402
 
 MODELS = {"r18": ("resnet", 18), "r50": ("resnet", 50), "rx101": ("resnext", 101)}
-MODES = ("torch", "fused", "fused+recompute")
+MODES = ("torch", "fused, outputs kept", "fused", "fused+recompute")
 
 
 class SavedActivations:
@@ -64,10 +69,12 @@ def measure(key: str, mode: str, batch: int, size, backend: str, timed: bool) ->
     set_backend(model, "torch" if mode == "torch" else backend)
     x = torch.randn(batch, 3, *size).contiguous(memory_format=torch.channels_last_3d)
     recompute = ops.recompute_conv_outputs() if mode == "fused+recompute" else contextlib.nullcontext()
+    library.REBUILD_OUTPUTS = mode != "fused, outputs kept"
     saved = SavedActivations(model)
     t0 = time.perf_counter()
     with saved.hooks(), recompute:
         loss = model(x).logsumexp(dim=1).mean()
+    library.REBUILD_OUTPUTS = True
     forward_s = time.perf_counter() - t0
     row = dict(model=key, mode=mode, batch=batch, saved_mib=saved.mib, tensors=len(saved.storages))
     if timed:
@@ -85,9 +92,21 @@ def main(argv=None) -> int:
     ap.add_argument("--backend", default="cpu", help="fused backend (cpu; triton needs a GPU or TRITON_INTERPRET=1)")
     ap.add_argument("--time", action="store_true", help="also time one forward+backward per mode")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--name", default="cpu_activation_memory", help="result file name (without extension)")
+    ap.add_argument("--stub-launches", action="store_true",
+                    help="triton backend: skip every kernel launch (outputs hold garbage; which tensors are kept, "
+                         "and their sizes, do not depend on the values), so full-size networks take seconds")
     args = ap.parse_args(argv)
+    if args.stub_launches:
+        if args.time:
+            ap.error("--time measures nothing with --stub-launches")
+        from video3d_fast.ops.backends.triton import bn, conv3d_dgrad, conv3d_fwd, conv3d_wgrad
+
+        for module in (bn, conv3d_fwd, conv3d_dgrad, conv3d_wgrad):
+            module.launch = lambda *a, **k: None
     env = environment()
-    env.update(batch=args.batch, clip="x".join(map(str, args.size)), dtype="float32", backend=args.backend)
+    env.update(batch=args.batch, clip="x".join(map(str, args.size)), dtype="float32", backend=args.backend,
+               launches="stubbed" if args.stub_launches else "run")
     rows = []
     for key in args.models.split(","):
         for mode in MODES:
@@ -97,11 +116,12 @@ def main(argv=None) -> int:
     for key in args.models.split(","):
         by_mode = {r["mode"]: r for r in rows if r["model"] == key}
         base = by_mode["torch"]["saved_mib"]
-        notes.append(f"{key}: fused {by_mode['fused']['saved_mib'] / base:.2f}x and fused+recompute "
-                     f"{by_mode['fused+recompute']['saved_mib'] / base:.2f}x the activation memory of torch modules "
-                     f"({base:.0f} MiB at batch {args.batch}, fp32)")
+        notes.append(f"{key}: fused {by_mode['fused, outputs kept']['saved_mib'] / base:.2f}x with every output kept, "
+                     f"{by_mode['fused']['saved_mib'] / base:.2f}x by default (outputs rebuilt where the backend can), "
+                     f"{by_mode['fused+recompute']['saved_mib'] / base:.2f}x with recomputed conv outputs; torch modules "
+                     f"{base:.1f} MiB at batch {args.batch}, {args.backend} backend, fp32")
     columns = ["model", "mode", "batch", "saved_mib", "tensors"] + (["forward_s", "backward_s"] if args.time else [])
-    path = write_results(results_dir(args.out), "cpu_activation_memory", env, rows, columns,
+    path = write_results(results_dir(args.out), args.name, env, rows, columns,
                          "Activation memory kept for backward (training mode, one forward)", notes)
     print(markdown_table(rows, columns))
     print("\n".join(notes))

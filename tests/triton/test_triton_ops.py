@@ -216,3 +216,89 @@ def test_small_training_layer_is_two_launches_forward_and_three_backward(monkeyp
     reference.conv3d_batchnorm_act(x, w, gamma, beta, *running_ref, **p.conv_kwargs)
     assert_close(running_mean, running_ref[0], torch.float32, "running_mean", 50.0)
     assert_close(running_var, running_ref[1], torch.float32, "running_var", 50.0)
+
+
+def _two_unit_chain(p, seed, rebuild, monkeypatch, modify_between=False):
+    """unit 1 (conv -> BN -> ReLU, no residual) feeding unit 2 (conv -> BN -> + residual -> ReLU), as in a
+    bottleneck; returns (saved bytes of activations, output, running stats, gradients)."""
+    from video3d_fast.ops import library
+
+    monkeypatch.setattr(library, "REBUILD_OUTPUTS", rebuild)
+    gen = torch.Generator().manual_seed(seed)
+    x, w1, g1, b1, _ = p.make(gen, device=DEVICE)
+    w2 = (torch.randn(p.k, p.k, 3, 3, 3, generator=gen, dtype=torch.float64) / (27 * p.k) ** 0.5).to(DEVICE, p.dtype)
+    res = torch.randn(p.n, p.k, *p.out_size(), generator=gen).to(DEVICE, p.dtype)
+    leaves = [leaf(t) for t in (x, w1, g1, b1, w2, g1.clone(), b1.clone())]
+    running = [torch.zeros(p.k, device=DEVICE), torch.ones(p.k, device=DEVICE)] * 2
+    saved = {}
+
+    def pack(t):
+        saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes() if t.numel() else 0
+        return t
+
+    params = {t.untyped_storage().data_ptr() for t in leaves[1:]}
+    with poison_outputs(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y1 = ops.conv3d_batchnorm_act(leaves[0], leaves[1], leaves[2], leaves[3], *running[:2], backend="triton",
+                                      **p.conv_kwargs)
+        if modify_between:
+            y1.mul_(1.0)  # same values, new version: the next unit must keep y1 itself
+        y2 = ops.conv3d_batchnorm_act(y1, leaves[4], leaves[5], leaves[6], *running[2:], None, res,
+                                      backend="triton", padding=1)
+    activations = sum(n for ptr, n in saved.items() if ptr not in params)
+    del y1
+    with poison_outputs():
+        y2.backward(torch.randn(y2.shape, generator=gen).to(DEVICE, p.dtype))
+    return activations, [y2.detach(), *running, *(t.grad for t in leaves)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_unit_outputs_are_rebuilt_not_kept_with_the_same_bits(dtype, monkeypatch):
+    """A unit without residual keeps its conv output only; the next unit keeps the rebuild recipe instead of
+    its input: one activation less, and values, running statistics and gradients bit-identical."""
+    p = variant(SMALL["dense3x3x3"], dtype=dtype)
+    kept, reference_run = _two_unit_chain(p, 18, False, monkeypatch)
+    rebuilt, run = _two_unit_chain(p, 18, True, monkeypatch)
+    y_bytes = p.n * p.k * torch.Size(p.out_size()).numel() * torch.tensor([], dtype=dtype).element_size()
+    assert kept - rebuilt == y_bytes
+    for a, b in zip(reference_run, run):
+        assert torch.equal(a, b)
+
+
+def test_an_output_changed_in_place_is_kept_by_the_next_unit(monkeypatch):
+    p = SMALL["dense3x3x3"]
+    _, clean = _two_unit_chain(p, 19, True, monkeypatch)
+    kept, changed = _two_unit_chain(p, 19, True, monkeypatch, modify_between=True)
+    rebuilt, _ = _two_unit_chain(p, 19, True, monkeypatch)
+    assert kept > rebuilt  # the version check made unit 2 keep y1
+    for a, b in zip(clean, changed):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", ["resnet", "resnext"])
+def test_whole_network_with_rebuilt_outputs_trains_identically_and_keeps_less(name, monkeypatch):
+    """A 3D ResNet-18 / ResNeXt-50 (narrow) training step on the triton backend: rebuilding the outputs of
+    units without residual changes no bit of the loss, the gradients or the running statistics, and the
+    activations kept for backward shrink."""
+    from benchmarks.activation_memory import SavedActivations
+    from tests.models.helpers import narrow_options
+    from video3d_fast.models import generate_model, set_backend
+    from video3d_fast.ops import library
+
+    depth = 18 if name == "resnet" else 50
+    results = {}
+    for rebuild in (False, True):
+        monkeypatch.setattr(library, "REBUILD_OUTPUTS", rebuild)
+        torch.manual_seed(20)
+        model = generate_model(name, depth, n_classes=3, **narrow_options(name)).to(DEVICE).train()
+        set_backend(model, "triton")
+        x = torch.randn(2, 3, 2, 16, 16, device=DEVICE)
+        counter = SavedActivations(model)
+        with counter.hooks():
+            loss = model(x).square().mean()
+        loss.backward()
+        state = [t.detach().clone() for t in model.state_dict().values()]
+        results[rebuild] = (sum(counter.storages.values()), [loss.detach(), *state,
+                                                              *(p.grad for p in model.parameters())])
+    assert results[True][0] < results[False][0]
+    for a, b in zip(results[False][1], results[True][1]):
+        assert torch.equal(a, b)

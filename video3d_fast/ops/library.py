@@ -19,6 +19,7 @@ under torch.compile (and with ``VIDEO3D_FAST_EAGER_CUSTOM_OPS=1``) they call the
 from __future__ import annotations
 
 import os
+import weakref
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -298,10 +299,11 @@ def _bn_impl(
                       (input, weight, bn_weight, bn_bias, residual))
 
 
-def _bn_eager_impl(input, weight, bn_weight, bn_bias, residual, stride, padding, dilation, groups, eps, relu,
-                   save_conv_out, backend, running: Optional[RunningStats]):
-    """_bn_impl plus the running-statistics update, for eager calls: a backend that can updates them inside
-    its kernels (the triton finalize step), which saves ~7 small torch ops of host time per layer."""
+def _bn_eager_forward(input, weight, bn_weight, bn_bias, residual, stride, padding, dilation, groups, eps, relu,
+                      save_conv_out, backend, running: Optional[RunningStats]):
+    """_bn_impl plus the running-statistics update, for eager calls, and the backend's output rebuilder
+    (see _OutputRecipe) or None. A backend that can updates the running statistics inside its kernels (the
+    triton finalize step), which saves ~7 small torch ops of host time per layer."""
     p = _params(input, weight, stride, padding, dilation, groups)
     impl = get_backend(backend)
     if running is not None and impl.fuses_running_stats(input, running):
@@ -312,7 +314,54 @@ def _bn_eager_impl(input, weight, bn_weight, bn_bias, residual, stride, padding,
             input, weight, bn_weight, bn_bias, residual, p, eps, relu)
         if running is not None:
             update_running_stats(running, mean, var, p.gemm_m)
-    return out, (conv_out if save_conv_out else _empty(input)), mean, var
+    rebuild = None
+    if REBUILD_OUTPUTS and residual is None and save_conv_out:
+        rebuild = impl.batchnorm_act_rebuilder(input, mean, relu)
+    return (out, (conv_out if save_conv_out else _empty(input)), mean, var), rebuild
+
+
+def _bn_eager_impl(*args):
+    """The eager implementation without autograd (no_grad calls)."""
+    return _bn_eager_forward(*args)[0]
+
+
+# Outputs rebuilt instead of kept: VIDEO3D_FAST_REBUILD_BN_OUTPUTS=0 turns it off (read at import).
+REBUILD_OUTPUTS = os.environ.get("VIDEO3D_FAST_REBUILD_BN_OUTPUTS", "1") != "0"
+
+
+class _OutputRecipe:
+    """How to rebuild a training-form output ``y = act(BN(c))`` (no residual) bit-exactly from the conv
+    output ``c``, which the op keeps for its BN backward anyway, so that nobody keeps ``y`` itself.
+
+    The producing op keeps only a weak reference to ``y`` (its ReLU mask) and this recipe; ``y`` carries the
+    recipe as an attribute, and the next training-form op that receives ``y`` unchanged (same tensor, same
+    version) keeps the recipe instead of ``y`` as its saved input. Inside a bottleneck this drops the
+    outputs of the first two units from the memory held for backward (~17-25 % of a ResNet/ResNeXt's
+    activation memory) for one elementwise pass per such unit in backward: the consumer's backward rebuilds
+    ``y``, and the producer's backward, which runs next, takes the same tensor.
+    """
+
+    __slots__ = ("conv_out", "rebuild", "version", "cached")
+
+    def __init__(self, conv_out: Tensor, rebuild, version: int):
+        self.conv_out, self.rebuild, self.version, self.cached = conv_out, rebuild, version, None
+
+    def value(self) -> Tensor:
+        if self.cached is None:
+            self.cached = self.rebuild(self.conv_out)
+        return self.cached
+
+    def release(self) -> None:
+        self.cached = None
+
+
+_RECIPE_ATTR = "_video3d_fast_recipe"
+
+
+def _recipe_of(t: Optional[Tensor]) -> Optional[_OutputRecipe]:
+    """The recipe of an unmodified output of an earlier training-form op, else None."""
+    recipe = getattr(t, _RECIPE_ATTR, None)
+    return recipe if recipe is not None and recipe.version == t._version else None
 
 
 conv3d_batchnorm_act_op = torch.library.custom_op(f"{NAMESPACE}::conv3d_batchnorm_act", _bn_impl, mutates_args=())
@@ -394,6 +443,15 @@ def _bn_setup(ctx, inputs, output):
 def _bn_backward(ctx, grad_out, _g_conv_out, _g_mean, _g_var):
     out, conv_out, mean, var, input, weight, bn_weight = ctx.saved_tensors
     stride, padding, dilation, groups, eps, relu, backend = ctx.conv
+    input_recipe = getattr(ctx, "input_recipe", None)
+    if input_recipe is not None:  # the previous op's output, rebuilt (and left for that op's backward)
+        input = input_recipe.value()
+    out_recipe = getattr(ctx, "out_recipe", None)
+    if out_recipe is not None:
+        if relu:  # the ReLU mask: the output if it is still around unchanged, else rebuilt
+            alive = ctx.out_ref()
+            out = alive if alive is not None and alive._version == out_recipe.version else out_recipe.value()
+        out_recipe.release()
     mask = [bool(m) for m in ctx.needs_input_grad[:5]]
     grads = _backward_call(ctx, conv3d_batchnorm_act_backward_op, _bn_grads,
                            grad_out, out, conv_out, mean, var, input, weight, bn_weight, stride, padding,
@@ -407,9 +465,8 @@ conv3d_batchnorm_act_op.register_autograd(_bn_backward, setup_context=_bn_setup)
 # ------------------------------------------------------------------------------------------------
 # eager fast path: autograd.Function twins of the forward ops, and the entry points functional.py calls
 # ------------------------------------------------------------------------------------------------
-def _eager_twin(name: str, forward_impl, setup, backward, extra_args: int = 0) -> type:
-    """An autograd.Function running ``forward_impl(*op_args, *extra)`` with the op's setup and backward;
-    the ``extra_args`` trailing arguments are not op arguments (they get no gradient)."""
+def _eager_twin(name: str, forward_impl, setup, backward) -> type:
+    """An autograd.Function running the op's implementation, setup and backward."""
     # forward(ctx, ...) rather than setup_context: the latter binds inspect.signature on every call.
     def forward(ctx, *args):
         output = forward_impl(*args)
@@ -418,13 +475,13 @@ def _eager_twin(name: str, forward_impl, setup, backward, extra_args: int = 0) -
         # for them cost an activation-sized fill per layer and step.
         ctx.set_materialize_grads(False)
         ctx.num_args = len(args)
-        setup(ctx, args[:len(args) - extra_args], output)
+        setup(ctx, args, output)
         return output
 
     def backward_or_nothing(ctx, grad_out, *side_grads):
         if grad_out is None:  # nothing reached the main output
             return (None,) * ctx.num_args
-        return backward(ctx, grad_out, *side_grads) + (None,) * extra_args
+        return backward(ctx, grad_out, *side_grads)
 
     return type(name, (torch.autograd.Function,), {
         "forward": staticmethod(forward),
@@ -435,7 +492,38 @@ def _eager_twin(name: str, forward_impl, setup, backward, extra_args: int = 0) -
 
 _Conv3dEager = _eager_twin("Conv3dEager", _conv3d_impl, _conv3d_setup, _conv3d_backward)
 _AffineActEager = _eager_twin("Conv3dAffineActEager", _affine_impl, _affine_setup, _affine_backward)
-_BatchNormActEager = _eager_twin("Conv3dBatchNormActEager", _bn_eager_impl, _bn_setup, _bn_backward, extra_args=1)
+class _BatchNormActEager(torch.autograd.Function):
+    """Eager twin of the conv3d_batchnorm_act custom op (same implementation, no dispatcher round trips),
+    which also keeps output recipes instead of outputs where it can (see _OutputRecipe)."""
+
+    @staticmethod
+    def forward(ctx, *args):  # the op's arguments, then RunningStats or None
+        op_args = args[:-1]
+        (out, conv_out, mean, var), rebuild = _bn_eager_forward(*args)
+        ctx.eager = True
+        ctx.set_materialize_grads(False)  # no zero gradients for the side outputs
+        ctx.num_args = len(args)
+        ctx.mark_non_differentiable(conv_out, mean, var)
+        input_recipe = _recipe_of(op_args[0])
+        kept_input = _empty(op_args[0]) if input_recipe is not None else op_args[0]
+        relu = op_args[10]
+        if rebuild is not None:
+            recipe = _OutputRecipe(conv_out, rebuild, out._version)
+            setattr(out, _RECIPE_ATTR, recipe)
+            ctx.out_recipe, ctx.out_ref = recipe, weakref.ref(out)
+            kept_out = _empty(out)
+        else:
+            kept_out = _relu_mask_source(out, relu)
+        ctx.save_for_backward(kept_out, conv_out, mean, var, kept_input, op_args[1], op_args[2])
+        ctx.input_recipe = input_recipe
+        ctx.conv = (*op_args[5:11], op_args[12])  # stride, padding, dilation, groups, eps, relu, backend
+        return out, conv_out, mean, var
+
+    @staticmethod
+    def backward(ctx, grad_out, *side_grads):
+        if grad_out is None:  # nothing reached the main output
+            return (None,) * ctx.num_args
+        return _bn_backward(ctx, grad_out, *side_grads) + (None,)
 
 
 EAGER_CUSTOM_OPS = os.environ.get("VIDEO3D_FAST_EAGER_CUSTOM_OPS", "0") == "1"

@@ -63,6 +63,12 @@ class Backend:
 
     name = "aten"
 
+    def batchnorm_act_rebuilder(self, x: torch.Tensor, mean: torch.Tensor, relu: bool):
+        """``rebuild(conv_out) -> out`` reproducing, bit for bit, the output of the ``batchnorm_act_forward``
+        call (without residual) that returned ``mean``; None when this backend cannot promise that. Lets the
+        op layer keep the conv output instead of the output (see library._OutputRecipe)."""
+        return None
+
     def fuses_running_stats(self, x: torch.Tensor, running: RunningStats) -> bool:
         """Whether ``batchnorm_act_forward(..., running=running)`` updates the running statistics itself
         (inside its kernels); otherwise the caller applies :func:`update_running_stats`."""

@@ -161,6 +161,17 @@ class TritonBackend(Backend):
         mean, var = stats[:2].unbind(0)
         return out, r.conv, mean, var
 
+    def batchnorm_act_rebuilder(self, x, mean, relu):
+        # batchnorm_act_forward returns mean as row 0 of its (4, K) statistics buffer, whose rows 2-3 hold
+        # the (a, b) BN-apply used: the same kernel on the same values gives the same bits
+        stats = mean._base
+        if not _uses_kernels(x) or stats is None or tuple(stats.shape) != (4, mean.numel()):
+            return None
+        from .bn import channel_affine_act
+
+        fmt = memory_format_of(x)
+        return lambda conv_out: channel_affine_act(conv_out, stats, None, relu, fmt)
+
     def batchnorm_act_backward(self, grad, out, conv_out, mean, var, x, w, gamma, p, eps, relu, mask):
         if not _uses_kernels(x):
             return super().batchnorm_act_backward(grad, out, conv_out, mean, var, x, w, gamma, p, eps, relu, mask)
