@@ -100,3 +100,17 @@ def test_recomputed_conv_output_gives_identical_gradients_on_gpu(name):
         results.append((y, xs.grad, ws.grad, gs.grad))
     for a, b in zip(*results):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", ["r50_l1_conv2", "r50_l2_conv2_s2"])
+def test_rebuilt_unit_outputs_give_identical_bits_on_gpu(name, monkeypatch):
+    """Outputs rebuilt in backward (library._OutputRecipe) must equal the forward's to the bit: the stage-1
+    layer takes the separate finalize, the stride-2 layer the finalize inside BN-apply."""
+    from .test_triton_ops import _two_unit_chain
+
+    p = variant(LARGE[name], dtype=BF16, layout="ndhwc")
+    kept, reference_run = _two_unit_chain(p, 11, False, monkeypatch)
+    rebuilt, run = _two_unit_chain(p, 11, True, monkeypatch)
+    assert rebuilt < kept
+    for a, b in zip(reference_run, run):
+        assert torch.equal(a, b)
