@@ -105,7 +105,7 @@ def _smoke_rows(script: str, result: str, tmp_path) -> list:
 @pytest.mark.slow
 def test_gpu_probe_smoke_run_checks_every_variant(tmp_path):
     rows = _smoke_rows("gpu_probe.py", "gpu_probe.json", tmp_path)
-    assert {r["section"] for r in rows} == {"launch", "splitk", "stem", "grouped"}
+    assert {r["section"] for r in rows} == {"launch", "bnfuse", "splitk", "stem", "grouped"}
 
 
 @pytest.mark.slow
