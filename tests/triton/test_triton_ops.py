@@ -302,3 +302,23 @@ def test_whole_network_with_rebuilt_outputs_trains_identically_and_keeps_less(na
     assert results[True][0] < results[False][0]
     for a, b in zip(results[False][1], results[True][1]):
         assert torch.equal(a, b)
+
+
+def test_an_output_with_a_recipe_can_be_saved_and_copied(tmp_path):
+    """The recipe is not attached to the tensor: saving, loading (weights_only) and copying an output are
+    unaffected, and the registry entry goes when the output does."""
+    import copy
+
+    from video3d_fast.ops import library
+
+    p = SMALL["dense3x3x3"]
+    x, w, gamma, beta, _ = p.make(torch.Generator().manual_seed(21), device=DEVICE)
+    y = ops.conv3d_batchnorm_act(x, leaf(w), gamma, beta, None, None, backend="triton", **p.conv_kwargs)
+    assert library._recipe_of(y) is not None and library._recipe_of(y.detach()) is None
+    torch.save(y.detach(), tmp_path / "y.pt")
+    torch.save(y, tmp_path / "y_graph.pt")
+    assert torch.equal(torch.load(tmp_path / "y_graph.pt"), y)
+    assert torch.equal(copy.deepcopy(y.detach()), y.detach())
+    before = len(library._RECIPES)
+    del y
+    assert len(library._RECIPES) == before - 1

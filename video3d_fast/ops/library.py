@@ -333,8 +333,8 @@ class _OutputRecipe:
     """How to rebuild a training-form output ``y = act(BN(c))`` (no residual) bit-exactly from the conv
     output ``c``, which the op keeps for its BN backward anyway, so that nobody keeps ``y`` itself.
 
-    The producing op keeps only a weak reference to ``y`` (its ReLU mask) and this recipe; ``y`` carries the
-    recipe as an attribute, and the next training-form op that receives ``y`` unchanged (same tensor, same
+    The producing op keeps only a weak reference to ``y`` (its ReLU mask) and this recipe, registered for
+    ``y`` in ``_RECIPES``; the next training-form op that receives ``y`` unchanged (same tensor, same
     version) keeps the recipe instead of ``y`` as its saved input. Inside a bottleneck this drops the
     outputs of the first two units from the memory held for backward (~17-25 % of a ResNet/ResNeXt's
     activation memory) for one elementwise pass per such unit in backward: the consumer's backward rebuilds
@@ -355,13 +355,25 @@ class _OutputRecipe:
         self.cached = None
 
 
-_RECIPE_ATTR = "_video3d_fast_recipe"
+# Outputs with a recipe: id(tensor) -> (weak reference, recipe), the entry dropped when the tensor dies.
+# A side table rather than a tensor attribute: attributes travel with torch.save / deepcopy of the tensor.
+_RECIPES: dict = {}
+
+
+def _attach_recipe(out: Tensor, recipe: _OutputRecipe) -> "weakref.ref":
+    key = id(out)
+    ref = weakref.ref(out, lambda _, key=key: _RECIPES.pop(key, None))
+    _RECIPES[key] = (ref, recipe)
+    return ref
 
 
 def _recipe_of(t: Optional[Tensor]) -> Optional[_OutputRecipe]:
     """The recipe of an unmodified output of an earlier training-form op, else None."""
-    recipe = getattr(t, _RECIPE_ATTR, None)
-    return recipe if recipe is not None and recipe.version == t._version else None
+    entry = _RECIPES.get(id(t))
+    if entry is None or entry[0]() is not t:
+        return None
+    recipe = entry[1]
+    return recipe if recipe.version == t._version else None
 
 
 conv3d_batchnorm_act_op = torch.library.custom_op(f"{NAMESPACE}::conv3d_batchnorm_act", _bn_impl, mutates_args=())
@@ -509,8 +521,7 @@ class _BatchNormActEager(torch.autograd.Function):
         relu = op_args[10]
         if rebuild is not None:
             recipe = _OutputRecipe(conv_out, rebuild, out._version)
-            setattr(out, _RECIPE_ATTR, recipe)
-            ctx.out_recipe, ctx.out_ref = recipe, weakref.ref(out)
+            ctx.out_recipe, ctx.out_ref = recipe, _attach_recipe(out, recipe)
             kept_out = _empty(out)
         else:
             kept_out = _relu_mask_source(out, relu)
