@@ -32,7 +32,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import environment, markdown_table, results_dir, write_results  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    environment, markdown_table, replace_triton_launch, results_dir, write_results,
+)
 from video3d_fast import ops  # noqa: E402
 from video3d_fast.ops import library  # noqa: E402
 from video3d_fast.models import generate_model, set_backend  # noqa: E402
@@ -100,10 +102,7 @@ def main(argv=None) -> int:
     if args.stub_launches:
         if args.time:
             ap.error("--time measures nothing with --stub-launches")
-        from video3d_fast.ops.backends.triton import bn, conv3d_dgrad, conv3d_fwd, conv3d_wgrad
-
-        for module in (bn, conv3d_fwd, conv3d_dgrad, conv3d_wgrad):
-            module.launch = lambda *a, **k: None
+        replace_triton_launch(lambda *args, **kwargs: None)
     env = environment()
     env.update(batch=args.batch, clip="x".join(map(str, args.size)), dtype="float32", backend=args.backend,
                launches="stubbed" if args.stub_launches else "run")

@@ -20,6 +20,16 @@ import torch
 DEFAULT_RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
+def replace_triton_launch(stand_in: Callable) -> None:
+    """Make every Triton launcher of the triton backend call ``stand_in(kernel, grid, tensors, args,
+    constexprs)`` instead of launching: host-side measurements (calls, allocations, which tensors autograd
+    keeps) without a GPU. The launchers import ``launch`` by name, so each module is patched."""
+    from video3d_fast.ops.backends.triton import bn, conv3d_dgrad, conv3d_fwd, conv3d_wgrad
+
+    for module in (bn, conv3d_fwd, conv3d_dgrad, conv3d_wgrad):
+        module.launch = stand_in
+
+
 def results_dir(cli_value: Optional[str] = None) -> Path:
     """--out flag, else $VIDEO3D_FAST_RESULTS, else benchmarks/results/."""
     path = Path(cli_value or os.environ.get("VIDEO3D_FAST_RESULTS") or DEFAULT_RESULTS_DIR)

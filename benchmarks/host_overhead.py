@@ -28,9 +28,8 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from video3d_fast import ops  # noqa: E402
-from video3d_fast.ops.backends.triton import bn, conv3d_dgrad, conv3d_fwd, conv3d_wgrad  # noqa: E402
+from benchmarks.common import replace_triton_launch  # noqa: E402
 
-LAUNCHER_MODULES = (bn, conv3d_fwd, conv3d_dgrad, conv3d_wgrad)
 CL = torch.channels_last_3d
 
 
@@ -118,8 +117,7 @@ def main() -> None:
     dy = torch.randn(8, k, 2, 7, 7).contiguous(memory_format=CL)
 
     counter = Counter()
-    for module in LAUNCHER_MODULES:
-        module.launch = counter
+    replace_triton_launch(counter)
 
     def infer():
         with torch.no_grad():

@@ -443,12 +443,14 @@ def _(grad_output, out, conv_out, mean, var, input, weight, bn_weight, stride, p
     )
 
 
-def _bn_setup(ctx, inputs, output):
+def _bn_setup(ctx, inputs, output, kept_out: Optional[Tensor] = None, kept_input: Optional[Tensor] = None):
+    """What backward keeps; the eager twin passes placeholders for an output / input it can rebuild."""
     (input, weight, bn_weight, bn_bias, residual, stride, padding, dilation, groups, eps, relu, _save_conv_out,
      backend) = inputs
     out, conv_out, mean, var = output
     ctx.mark_non_differentiable(conv_out, mean, var)
-    ctx.save_for_backward(_relu_mask_source(out, relu), conv_out, mean, var, input, weight, bn_weight)
+    ctx.save_for_backward(_relu_mask_source(out, relu) if kept_out is None else kept_out, conv_out, mean, var,
+                          input if kept_input is None else kept_input, weight, bn_weight)
     ctx.conv = (stride, padding, dilation, groups, eps, relu, backend)
 
 
@@ -515,19 +517,14 @@ class _BatchNormActEager(torch.autograd.Function):
         ctx.eager = True
         ctx.set_materialize_grads(False)  # no zero gradients for the side outputs
         ctx.num_args = len(args)
-        ctx.mark_non_differentiable(conv_out, mean, var)
-        input_recipe = _recipe_of(op_args[0])
-        kept_input = _empty(op_args[0]) if input_recipe is not None else op_args[0]
-        relu = op_args[10]
+        ctx.input_recipe = _recipe_of(op_args[0])
+        kept_out = None
         if rebuild is not None:
             recipe = _OutputRecipe(conv_out, rebuild, out._version)
             ctx.out_recipe, ctx.out_ref = recipe, _attach_recipe(out, recipe)
             kept_out = _empty(out)
-        else:
-            kept_out = _relu_mask_source(out, relu)
-        ctx.save_for_backward(kept_out, conv_out, mean, var, kept_input, op_args[1], op_args[2])
-        ctx.input_recipe = input_recipe
-        ctx.conv = (*op_args[5:11], op_args[12])  # stride, padding, dilation, groups, eps, relu, backend
+        _bn_setup(ctx, op_args, (out, conv_out, mean, var), kept_out=kept_out,
+                  kept_input=None if ctx.input_recipe is None else _empty(op_args[0]))
         return out, conv_out, mean, var
 
     @staticmethod

@@ -145,9 +145,9 @@ class TritonBackend(Backend):
 
     # --- training form ------------------------------------------------------------------------
     def fuses_running_stats(self, x, running):
-        from .bn import fuses_running_stats
-
-        return _uses_kernels(x) and fuses_running_stats(running)
+        # the finalize step updates fp32, dense buffers in fp32; other dtypes keep torch's lerp_
+        return _uses_kernels(x) and all(t.dtype == torch.float32 and t.is_contiguous()
+                                        for t in (running.mean, running.var))
 
     def batchnorm_act_forward(self, x, w, gamma, beta, residual, p, eps, relu, running=None):
         if not _uses_kernels(x):

@@ -35,9 +35,17 @@ def _elementwise_blocks(channels: int) -> Tuple[int, int]:
 
 
 @triton.jit
-def _offsets(m, Dd, Hh, Ww, s_n, s_d, s_h, s_w):
+def _tile(m, ch, Dd, Hh, Ww, s_n, s_d, s_h, s_w, s_c):
+    """Element offsets of the [rows m, channels ch] tile of a tensor with (N, D, H, W, C) strides."""
     n, d, h, w = split_rows(m, Dd, Hh, Ww)
-    return n.to(tl.int64) * s_n + d * s_d + h * s_h + w * s_w
+    return (n.to(tl.int64) * s_n + d * s_d + h * s_h + w * s_w)[:, None] + (ch * s_c)[None, :]
+
+
+@triton.jit
+def _bn_input_grad(gz, c, mean, scale, mean_g, proj):
+    """dL/dc of training-mode BatchNorm, per element: scale * (gz - mean(gz) - (c - mean) * proj), with
+    scale = gamma / sqrt(var + eps), mean_g = sum(gz) / M, proj = sum(gz * xhat) / M / sqrt(var + eps)."""
+    return scale[None, :] * (gz - mean_g[None, :] - (c - mean[None, :]) * proj[None, :])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -125,12 +133,6 @@ def _running_args(running, stats: torch.Tensor, count: int) -> Tuple[tuple, tupl
     return (running.mean, running.var), (float(running.factor), count / (count - 1)), True
 
 
-def fuses_running_stats(running) -> bool:
-    """Whether the finalize step can update these running statistics itself: fp32, dense buffers (the
-    kernels compute the update in fp32; other dtypes keep torch's lerp_ on the host side)."""
-    return all(t.dtype == torch.float32 and t.is_contiguous() for t in (running.mean, running.var))
-
-
 def bn_finalize(tile_sum: torch.Tensor, tile_m2: torch.Tensor, rows_per_tile: int, count: int,
                 gamma: torch.Tensor, beta: torch.Tensor, eps: float, running=None) -> torch.Tensor:
     """(4, K) fp32 stats (mean, biased var, a, b) from the conv epilogue's per-tile partials; updates
@@ -174,15 +176,15 @@ def channel_affine_act_kernel(
     else:
         a = tl.load(stats_ptr + 2 * K + ch, mask=cmask, other=0.0)
         b = tl.load(stats_ptr + 3 * K + ch, mask=cmask, other=0.0)
-    c = tl.load(c_ptr + _offsets(m, Dd, Hh, Ww, c_sn, c_sd, c_sh, c_sw)[:, None] + (ch * c_sc)[None, :],
+    c = tl.load(c_ptr + _tile(m, ch, Dd, Hh, Ww, c_sn, c_sd, c_sh, c_sw, c_sc),
                 mask=mask, other=0.0).to(tl.float32)
     v = c * a[None, :] + b[None, :]
     if HAS_RES:
-        v += tl.load(res_ptr + _offsets(m, Dd, Hh, Ww, r_sn, r_sd, r_sh, r_sw)[:, None] + (ch * r_sc)[None, :],
+        v += tl.load(res_ptr + _tile(m, ch, Dd, Hh, Ww, r_sn, r_sd, r_sh, r_sw, r_sc),
                      mask=mask, other=0.0).to(tl.float32)
     if RELU:
         v = tl.maximum(v, 0.0)
-    tl.store(out_ptr + _offsets(m, Dd, Hh, Ww, o_sn, o_sd, o_sh, o_sw)[:, None] + (ch * o_sc)[None, :],
+    tl.store(out_ptr + _tile(m, ch, Dd, Hh, Ww, o_sn, o_sd, o_sh, o_sw, o_sc),
              v.to(out_ptr.dtype.element_ty), mask=mask)
 
 
@@ -236,10 +238,10 @@ def bn_forward(r, count: int, gamma: torch.Tensor, beta: torch.Tensor, residual:
 def _masked_grad(g_ptr, out_ptr, m, ch, mask, Dd, Hh, Ww, g_sn, g_sd, g_sh, g_sw, g_sc,
                  o_sn, o_sd, o_sh, o_sw, o_sc, RELU: tl.constexpr):
     """gz = grad * (out > 0 if RELU), fp32."""
-    gz = tl.load(g_ptr + _offsets(m, Dd, Hh, Ww, g_sn, g_sd, g_sh, g_sw)[:, None] + (ch * g_sc)[None, :],
+    gz = tl.load(g_ptr + _tile(m, ch, Dd, Hh, Ww, g_sn, g_sd, g_sh, g_sw, g_sc),
                  mask=mask, other=0.0).to(tl.float32)
     if RELU:
-        o = tl.load(out_ptr + _offsets(m, Dd, Hh, Ww, o_sn, o_sd, o_sh, o_sw)[:, None] + (ch * o_sc)[None, :],
+        o = tl.load(out_ptr + _tile(m, ch, Dd, Hh, Ww, o_sn, o_sd, o_sh, o_sw, o_sc),
                     mask=mask, other=0.0)
         gz = tl.where(o > 0, gz, 0.0)
     return gz
@@ -267,7 +269,7 @@ def grad_sums_kernel(
                       o_sn, o_sd, o_sh, o_sw, o_sc, RELU)
     tl.store(part_ptr + pid_m * width + ch, tl.sum(gz, axis=0), mask=cmask)
     if WITH_C:
-        c = tl.load(c_ptr + _offsets(m, Dd, Hh, Ww, c_sn, c_sd, c_sh, c_sw)[:, None] + (ch * c_sc)[None, :],
+        c = tl.load(c_ptr + _tile(m, ch, Dd, Hh, Ww, c_sn, c_sd, c_sh, c_sw, c_sc),
                     mask=mask, other=0.0).to(tl.float32)
         if CENTER:
             c = tl.where(mask, c - tl.load(center_ptr + ch, mask=cmask, other=0.0)[None, :], 0.0)
@@ -348,7 +350,7 @@ def grad_prologue_kernel(
     gz = _masked_grad(g_ptr, out_ptr, m, ch, mask, Dd, Hh, Ww, g_sn, g_sd, g_sh, g_sw, g_sc,
                       o_sn, o_sd, o_sh, o_sw, o_sc, RELU)
     if STORE_GZ:
-        tl.store(gz_ptr + _offsets(m, Dd, Hh, Ww, z_sn, z_sd, z_sh, z_sw)[:, None] + (ch * z_sc)[None, :],
+        tl.store(gz_ptr + _tile(m, ch, Dd, Hh, Ww, z_sn, z_sd, z_sh, z_sw, z_sc),
                  gz.to(gz_ptr.dtype.element_ty), mask=mask)
     if STORE_GC:
         coef = tl.load(coef_ptr + ch, mask=cmask, other=0.0).to(tl.float32)
@@ -357,12 +359,12 @@ def grad_prologue_kernel(
             mean = tl.load(mean_ptr + ch, mask=cmask, other=0.0)
             mean_g = tl.load(sum_g_ptr + ch, mask=cmask, other=0.0) / count
             proj = tl.load(sum_gx_ptr + ch, mask=cmask, other=0.0) / count * invstd
-            c = tl.load(c_ptr + _offsets(m, Dd, Hh, Ww, c_sn, c_sd, c_sh, c_sw)[:, None] + (ch * c_sc)[None, :],
+            c = tl.load(c_ptr + _tile(m, ch, Dd, Hh, Ww, c_sn, c_sd, c_sh, c_sw, c_sc),
                         mask=mask, other=0.0).to(tl.float32)
-            gc = (coef * invstd)[None, :] * (gz - mean_g[None, :] - (c - mean[None, :]) * proj[None, :])
+            gc = _bn_input_grad(gz, c, mean, coef * invstd, mean_g, proj)
         else:
             gc = gz * coef[None, :]
-        tl.store(gc_ptr + _offsets(m, Dd, Hh, Ww, gc_sn, gc_sd, gc_sh, gc_sw)[:, None] + (ch * gc_sc)[None, :],
+        tl.store(gc_ptr + _tile(m, ch, Dd, Hh, Ww, gc_sn, gc_sd, gc_sh, gc_sw, gc_sc),
                  gc.to(gc_ptr.dtype.element_ty), mask=mask)
 
 
@@ -431,7 +433,7 @@ def bn_backward_kernel(
         mask = (m < M)[:, None] & cmask[None, :]
         gz = _masked_grad(g_ptr, out_ptr, m, ch, mask, Dd, Hh, Ww, g_sn, g_sd, g_sh, g_sw, g_sc,
                           o_sn, o_sd, o_sh, o_sw, o_sc, RELU)
-        c = tl.load(c_ptr + _offsets(m, Dd, Hh, Ww, c_sn, c_sd, c_sh, c_sw)[:, None] + (ch * c_sc)[None, :],
+        c = tl.load(c_ptr + _tile(m, ch, Dd, Hh, Ww, c_sn, c_sd, c_sh, c_sw, c_sc),
                     mask=mask, other=0.0).to(tl.float32)
         acc_g += gz
         acc_gx += gz * tl.where(mask, c - mean[None, :], 0.0)
@@ -449,13 +451,13 @@ def bn_backward_kernel(
             gz = _masked_grad(g_ptr, out_ptr, m, ch, mask, Dd, Hh, Ww, g_sn, g_sd, g_sh, g_sw, g_sc,
                               o_sn, o_sd, o_sh, o_sw, o_sc, RELU)
             if STORE_GZ:
-                tl.store(gz_ptr + _offsets(m, Dd, Hh, Ww, z_sn, z_sd, z_sh, z_sw)[:, None] + (ch * z_sc)[None, :],
+                tl.store(gz_ptr + _tile(m, ch, Dd, Hh, Ww, z_sn, z_sd, z_sh, z_sw, z_sc),
                          gz.to(gz_ptr.dtype.element_ty), mask=mask)
             if STORE_GC:
-                c = tl.load(c_ptr + _offsets(m, Dd, Hh, Ww, c_sn, c_sd, c_sh, c_sw)[:, None] + (ch * c_sc)[None, :],
+                c = tl.load(c_ptr + _tile(m, ch, Dd, Hh, Ww, c_sn, c_sd, c_sh, c_sw, c_sc),
                             mask=mask, other=0.0).to(tl.float32)
-                gc = coef[None, :] * (gz - mean_g[None, :] - (c - mean[None, :]) * proj[None, :])
-                tl.store(gc_ptr + _offsets(m, Dd, Hh, Ww, gc_sn, gc_sd, gc_sh, gc_sw)[:, None] + (ch * gc_sc)[None, :],
+                gc = _bn_input_grad(gz, c, mean, coef, mean_g, proj)
+                tl.store(gc_ptr + _tile(m, ch, Dd, Hh, Ww, gc_sn, gc_sd, gc_sh, gc_sw, gc_sc),
                          gc.to(gc_ptr.dtype.element_ty), mask=mask)
 
 
@@ -469,12 +471,13 @@ def bn_backward(grad: torch.Tensor, out: torch.Tensor, relu: bool, c: torch.Tens
     N, K, Dd, Hh, Ww = grad.shape
     M = N * Dd * Hh * Ww
     if M > FUSED_BACKWARD_MAX_ROWS:
-        sums = None
+        sums = gc = gz = None
         if store_gc or need_sums:
             sum_g, sum_gx = grad_sums(grad, out, relu, c=c, mean=mean, var=var, eps=eps)
             sums = torch.stack((sum_g, sum_gx))
-        gc, gz = grad_prologue(grad, out, relu, gamma, store_gc=store_gc, gz_format=gz_format,
-                               bn=(c, mean, var, sums[0], sums[1], eps) if store_gc else None)
+        if store_gc or gz_format is not None:  # nothing to write when only dgamma/dbeta are wanted
+            gc, gz = grad_prologue(grad, out, relu, gamma, store_gc=store_gc, gz_format=gz_format,
+                                   bn=(c, mean, var, sums[0], sums[1], eps) if store_gc else None)
         return sums, gc, gz
     gc = new_output(grad.shape, dtype=grad.dtype, device=grad.device,
                     memory_format=torch.channels_last_3d) if store_gc else None
