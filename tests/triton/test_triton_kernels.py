@@ -45,6 +45,8 @@ PROBLEMS = {
     "strided": (1, 16, 16, (5, 5, 6), (3, 2, 3), (2, 2, 3), (1, 0, 2), (2, 1, 1), 1),
     "grouped": (2, 32, 32, (3, 4, 4), (3, 3, 3), (1, 1, 1), (1, 1, 1), (1, 1, 1), 8),
     "grouped_s2": (1, 48, 24, (4, 5, 5), (3, 3, 3), (2, 2, 2), (1, 1, 1), (1, 1, 1), 3),
+    # ResNeXt stage 3-like: 16 channels per group, one group per 16-wide tile; dilated in W
+    "grouped_wide": (2, 32, 32, (3, 4, 5), (3, 3, 3), (1, 1, 1), (1, 1, 2), (1, 1, 2), 2),
 }
 
 
@@ -89,6 +91,10 @@ FWD_PATHS = [
     ("grouped", (64, 32, 64), False, False, True, True),
     ("grouped_s2", (32, 16, 64), False, False, True, False),  # Kg=8: 2 groups/tile of 3 -> partial last block
     ("grouped_s2", (32, 16, 32), True, False, True, False),  # 2*16 channels per tap: aligned, masked channels
+    # W_RUNS on grouped tiles: one (t, r) filter row per K step
+    ("grouped", (32, 16, 64), False, True, True, True),  # 4 groups of 4: 3*16 of 64 columns, block-diagonal
+    ("grouped_s2", (32, 16, 128), False, True, True, False),  # stride 2, 2 groups per tile of 3 groups
+    ("grouped_wide", (32, 16, 64), False, True, False, True),  # one group of 16 per tile, dilation 2 in W
 ]
 
 
@@ -119,6 +125,7 @@ SPLIT_PATHS = [  # (problem, (block_m, block_n, block_k, split_k)): every K-loop
     ("stem", (32, 16, 16, 4)),  # W_RUNS: 9 (t, r) rows in 3 slices of 3 (split 4 -> 3, no empty slice)
     ("grouped_s2", (32, 16, 64, 2)),  # flattened block-diagonal tiles with a partial group block
     ("strided", (16, 16, 16, 3)),
+    ("grouped", (32, 16, 64, 4)),  # W_RUNS on block-diagonal tiles: 9 filter rows in 3 slices of 3
 ]
 
 
@@ -174,24 +181,30 @@ def test_fwd_split_k_in_half_precision_on_ncdhw_input(name, blocks, dtype):
     assert_close(r.out, out, dtype, "epilogue output")
 
 
-DGRAD_PATHS = [
-    ("dense", (32, 16, 16), True, False, True),
-    ("dense", (32, 16, 64), False, False, True),
-    ("strided", (16, 16, 16), True, False, True),  # 12 stride phases, some without taps
-    ("strided", (16, 16, 32), False, False, True),
-    ("grouped", (64, 16, 16), True, True, True),
-    ("grouped_s2", (32, 32, 32), False, True, False),  # dgrad: out = C/g = 16, red = K/g = 8
-    ("grouped_s2", (32, 32, 16), True, True, False),
+DGRAD_PATHS = [  # (problem, blocks, tap_aligned, w_runs, block_diagonal, full_groups)
+    ("dense", (32, 16, 16), True, False, False, True),
+    ("dense", (32, 16, 64), False, False, False, True),
+    ("strided", (16, 16, 16), True, False, False, True),  # 12 stride phases, some without taps
+    ("strided", (16, 16, 32), False, False, False, True),
+    ("grouped", (64, 16, 16), True, False, True, True),
+    ("grouped_s2", (32, 32, 32), False, False, True, False),  # dgrad: out = C/g = 16, red = K/g = 8
+    ("grouped_s2", (32, 32, 16), True, False, True, False),
+    # W_RUNS (stride 1): one (t, r) filter row of S runs per K step
+    ("dense", (32, 16, 128), False, True, False, True),  # 3 runs of 32 output-gradient channels
+    ("grouped", (32, 16, 64), False, True, True, True),  # 4 groups of 4 per tile, block-diagonal
+    ("grouped_wide", (32, 16, 64), False, True, False, True),  # one group of 16, dilation 2 in W
+    ("grouped_s2", (32, 32, 64), False, False, True, False),  # stride 2: never W_RUNS
 ]
 
 
-@pytest.mark.parametrize("name,blocks,aligned,diag,full", DGRAD_PATHS)
-def test_dgrad_kernel_paths_match_aten(name, blocks, aligned, diag, full):
+@pytest.mark.parametrize("name,blocks,aligned,runs,diag,full", DGRAD_PATHS)
+def test_dgrad_kernel_paths_match_aten(name, blocks, aligned, runs, diag, full):
     autotune, _, conv3d_dgrad, _, _ = _kernels()
     x, w, dy, p = _problem(name, layout="ndhwc", seed=1)
     cfg = autotune.KernelConfig(*blocks)
     tiling, tap_aligned = _tiling(p, cfg, "dgrad")
-    assert (tap_aligned, tiling.block_diagonal, tiling.full_groups) == (aligned, diag, full)
+    assert (tap_aligned, conv3d_dgrad.w_runs(p, cfg, tiling), tiling.block_diagonal, tiling.full_groups) == (
+        aligned, runs, diag, full)
     with poison_outputs():
         gx = conv3d_dgrad.conv3d_dgrad(dy, w, p, torch.channels_last_3d, config=cfg)
     assert gx.is_contiguous(memory_format=torch.channels_last_3d)
@@ -208,6 +221,10 @@ WGRAD_PATHS = [  # (problem, (block_m, block_n, block_k, split_k), tap_aligned, 
     ("grouped", (32, 64, 16, 1), False, False, True, True),
     ("grouped_s2", (16, 64, 16, 3), False, False, True, False),  # rows: 2 groups of Kg=8 per tile, 3 groups
     ("grouped_s2", (16, 32, 16, 2), True, False, True, False),
+    # W_RUNS on grouped tiles: a column block is one (t, r) filter row
+    ("grouped", (16, 64, 32, 2), False, True, True, True),  # 4 groups of 4: 3*16 of 64 columns
+    ("grouped_s2", (16, 128, 16, 2), False, True, True, False),  # stride 2, 2 groups per tile of 3 groups
+    ("grouped_wide", (16, 64, 32, 1), False, True, False, True),  # one group of 16, dilation 2 in W
 ]
 
 

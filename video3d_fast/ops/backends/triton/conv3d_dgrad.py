@@ -64,7 +64,8 @@ DGRAD_SHAPE_ARGS = [
 # (BLOCK_N) over input channels C (group tiling of grouped.py with out = C/groups, red = K/groups),
 # reduction (BLOCK_K) over the flattened (phase's taps) x KT output-gradient channels, KT =
 # GB*K/groups, channel fastest. A is gathered from the NDHWC output gradient, B is the weight read
-# as [tap, k] x [c] (block-diagonal across groups). TAP_ALIGNED as in conv3d_fwd.
+# as [tap, k] x [c] (block-diagonal across groups). TAP_ALIGNED as in conv3d_fwd; W_RUNS (stride 1
+# only) as well: a K step is one (t, r) filter row, whose (s, k) pairs are S runs of KT channels.
 @triton.jit(do_not_specialize=DGRAD_SHAPE_ARGS)
 def conv3d_dgrad_kernel(
     dy_ptr, w_ptr, dx_ptr,
@@ -75,7 +76,8 @@ def conv3d_dgrad_kernel(
     w_sk, w_sc, w_st, w_sr, w_ss,
     x_sn, x_sd, x_sh, x_sw, x_sc,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    TAP_ALIGNED: tl.constexpr, BLOCK_DIAG: tl.constexpr, FULL_GROUPS: tl.constexpr, EVEN_OUT: tl.constexpr,
+    TAP_ALIGNED: tl.constexpr, W_RUNS: tl.constexpr, RUN_C: tl.constexpr, BLOCK_DIAG: tl.constexpr,
+    FULL_GROUPS: tl.constexpr, EVEN_OUT: tl.constexpr,
     IS_FP32: tl.constexpr, TF32: tl.constexpr, UPCAST: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
@@ -110,56 +112,89 @@ def conv3d_dgrad_kernel(
     KT = GB * red_per_group
     k_total = nt * nr * ns * KT
     kr = tl.arange(0, BLOCK_K)
+    if W_RUNS:  # stride 1: K steps over (t, r); columns (s, k), S runs of KT = RUN_C channels (see fprop)
+        k_total = T * R * BLOCK_K
+        s_col = kr // RUN_C
+        k_col = kr % RUN_C
+        run_ch, run_in_group, run_group, run_valid = red_channels(g0, k_col, red_per_group, groups, BLOCK_DIAG)
+        run_ok = kr < S * RUN_C
+        if not FULL_GROUPS:
+            run_ok = run_ok & run_valid
+        if RUN_C >= 8 and (RUN_C & (RUN_C - 1)) == 0:
+            run_ch = tl.max_contiguous(tl.multiple_of(g0 * red_per_group + k_col, RUN_C), RUN_C)
+        # output-gradient column w = l + pad_w - s*dil_w: a run per s, descending
+        y_col = run_ch * y_sc - (s_col * dil_w) * y_sw
+        ow = l[:, None] + (pad_w - s_col * dil_w)[None, :]
+        run_a_ok = run_ok[None, :] & (ow >= 0) & (ow < Wo)  # loop-invariant part of the gather mask
+        run_w = run_ch * w_sk + s_col * w_ss
+        run_b_ok = run_ok[:, None]
+        if not EVEN_OUT:
+            run_b_ok = run_b_ok & col_mask[None, :]
+        if BLOCK_DIAG:  # a column's weights are zero outside its own group
+            run_b_ok = run_b_ok & (run_group[:, None] == col_group[None, :])
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, k_total, BLOCK_K):
-        if TAP_ALIGNED:
-            tap = k0 // KT
-            kl = (k0 - tap * KT) + kr
-            red_valid_k = kl < KT
+        if W_RUNS:
+            tr = k0 // BLOCK_K
+            t = tr // R
+            r = tr - t * R
+            od = i + pad_d - t * dil_d
+            oh = j + pad_h - r * dil_h
+            row_ok = row_mask & (od >= 0) & (od < Do) & (oh >= 0) & (oh < Ho)
+            row_off = n_off + od * y_sd + oh * y_sh + (l + pad_w) * y_sw
+            a = tl.load(dy_ptr + row_off[:, None] + y_col[None, :], mask=row_ok[:, None] & run_a_ok, other=0.0)
+            b = tl.load(w_ptr + (run_w + t * w_st + r * w_sr)[:, None] + (col_in_group * w_sc)[None, :],
+                        mask=run_b_ok, other=0.0)
         else:
-            kk = k0 + kr
-            tap = kk // KT
-            kl = kk - tap * KT
-            red_valid_k = kk < k_total
-        i_s = tap % ns
-        i_r = (tap // ns) % nr
-        i_t = tap // (ns * nr)
-        t = t0 + i_t * step_d
-        r = r0 + i_r * step_h
-        s = s0 + i_s * step_w
-        red_ch, red_in_group, red_group, red_valid = red_channels(g0, kl, red_per_group, groups, BLOCK_DIAG)
-        red_valid = red_valid & red_valid_k
-        if TAP_ALIGNED:
-            red_ch = g0 * red_per_group + (k0 - tap * KT) + kr  # as in conv3d_fwd: starts at a multiple of BLOCK_K
-            red_ch = tl.max_contiguous(tl.multiple_of(red_ch, BLOCK_K), BLOCK_K)
-            if FULL_GROUPS:
-                a_mask = row_mask[:, None]
+            if TAP_ALIGNED:
+                tap = k0 // KT
+                kl = (k0 - tap * KT) + kr
+                red_valid_k = kl < KT
             else:
-                a_mask = row_mask[:, None] & red_valid[None, :]
-            a = gather_ndhwc(
-                dy_ptr, n_off[:, None], (i + phase_offset(p_d, pad_d, dil_d, str_d, t))[:, None],
-                (j + phase_offset(p_h, pad_h, dil_h, str_h, r))[:, None],
-                (l + phase_offset(p_w, pad_w, dil_w, str_w, s))[:, None],
-                red_ch[None, :], a_mask, Do, Ho, Wo, y_sd, y_sh, y_sw, y_sc,
-            )
-        else:
-            a = gather_ndhwc(
-                dy_ptr, n_off[:, None], i[:, None] + phase_offset(p_d, pad_d, dil_d, str_d, t)[None, :],
-                j[:, None] + phase_offset(p_h, pad_h, dil_h, str_h, r)[None, :],
-                l[:, None] + phase_offset(p_w, pad_w, dil_w, str_w, s)[None, :],
-                red_ch[None, :], row_mask[:, None] & red_valid[None, :],
-                Do, Ho, Wo, y_sd, y_sh, y_sw, y_sc,
-            )
-        w_tap = t * w_st + r * w_sr + s * w_ss
-        if EVEN_OUT:  # a row-only mask keeps the weight loads (contiguous along C) vectorised
-            b_mask = red_valid[:, None]
-        else:
-            b_mask = red_valid[:, None] & col_mask[None, :]
-        if BLOCK_DIAG:
-            b_mask = b_mask & (red_group[:, None] == col_group[None, :])
-        b_ptrs = w_ptr + (red_ch * w_sk + w_tap)[:, None] + (col_in_group * w_sc)[None, :]
-        b = tl.load(b_ptrs, mask=b_mask, other=0.0)
+                kk = k0 + kr
+                tap = kk // KT
+                kl = kk - tap * KT
+                red_valid_k = kk < k_total
+            i_s = tap % ns
+            i_r = (tap // ns) % nr
+            i_t = tap // (ns * nr)
+            t = t0 + i_t * step_d
+            r = r0 + i_r * step_h
+            s = s0 + i_s * step_w
+            red_ch, red_in_group, red_group, red_valid = red_channels(g0, kl, red_per_group, groups, BLOCK_DIAG)
+            red_valid = red_valid & red_valid_k
+            if TAP_ALIGNED:
+                # as in conv3d_fwd: starts at a multiple of BLOCK_K
+                red_ch = g0 * red_per_group + (k0 - tap * KT) + kr
+                red_ch = tl.max_contiguous(tl.multiple_of(red_ch, BLOCK_K), BLOCK_K)
+                if FULL_GROUPS:
+                    a_mask = row_mask[:, None]
+                else:
+                    a_mask = row_mask[:, None] & red_valid[None, :]
+                a = gather_ndhwc(
+                    dy_ptr, n_off[:, None], (i + phase_offset(p_d, pad_d, dil_d, str_d, t))[:, None],
+                    (j + phase_offset(p_h, pad_h, dil_h, str_h, r))[:, None],
+                    (l + phase_offset(p_w, pad_w, dil_w, str_w, s))[:, None],
+                    red_ch[None, :], a_mask, Do, Ho, Wo, y_sd, y_sh, y_sw, y_sc,
+                )
+            else:
+                a = gather_ndhwc(
+                    dy_ptr, n_off[:, None], i[:, None] + phase_offset(p_d, pad_d, dil_d, str_d, t)[None, :],
+                    j[:, None] + phase_offset(p_h, pad_h, dil_h, str_h, r)[None, :],
+                    l[:, None] + phase_offset(p_w, pad_w, dil_w, str_w, s)[None, :],
+                    red_ch[None, :], row_mask[:, None] & red_valid[None, :],
+                    Do, Ho, Wo, y_sd, y_sh, y_sw, y_sc,
+                )
+            w_tap = t * w_st + r * w_sr + s * w_ss
+            if EVEN_OUT:  # a row-only mask keeps the weight loads (contiguous along C) vectorised
+                b_mask = red_valid[:, None]
+            else:
+                b_mask = red_valid[:, None] & col_mask[None, :]
+            if BLOCK_DIAG:
+                b_mask = b_mask & (red_group[:, None] == col_group[None, :])
+            b_ptrs = w_ptr + (red_ch * w_sk + w_tap)[:, None] + (col_in_group * w_sc)[None, :]
+            b = tl.load(b_ptrs, mask=b_mask, other=0.0)
         acc = mma(a, b, acc, IS_FP32, TF32, UPCAST)
 
     di = p_d + i * str_d
@@ -199,6 +234,13 @@ def conv3d_dgrad(dy: torch.Tensor, w: torch.Tensor, p: Conv3dParams, input_forma
 _plans: Dict[tuple, LaunchPlan] = {}
 
 
+def w_runs(p: Conv3dParams, cfg: KernelConfig, tiling) -> bool:
+    """The row-segment K loop (W_RUNS, as in conv3d_fwd): stride 1 (one phase, every tap), the tile's
+    output-gradient channels per tap (KT) narrower than a K step, and a whole (s, k) run of S*KT fits one."""
+    return (p.stride == (1, 1, 1) and tiling.red_per_tile % cfg.block_k != 0
+            and p.kernel[2] * tiling.red_per_tile <= cfg.block_k)
+
+
 def _dgrad_plan(p: Conv3dParams, cfg: KernelConfig, input_format, flags: dict) -> LaunchPlan:
     tiling = group_tiling(p.groups, p.in_channels_per_group, p.out_channels_per_group, cfg.block_n)
     rows = p.batch * math.prod(cdiv(p.in_size[i], p.stride[i]) for i in range(3))
@@ -211,9 +253,11 @@ def _dgrad_plan(p: Conv3dParams, cfg: KernelConfig, input_format, flags: dict) -
         *kernel_strides(dense_like((p.out_channels, p.in_channels_per_group, *p.kernel), torch.channels_last_3d)),
         *ndhwc_strides(dense_like((p.batch, p.in_channels, *p.in_size), input_format)),
     )
+    runs = w_runs(p, cfg, tiling)
     constexprs = dict(
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
-        TAP_ALIGNED=tiling.red_per_tile % cfg.block_k == 0, BLOCK_DIAG=tiling.block_diagonal,
+        TAP_ALIGNED=tiling.red_per_tile % cfg.block_k == 0, W_RUNS=runs,
+        RUN_C=tiling.red_per_tile if runs else 1, BLOCK_DIAG=tiling.block_diagonal,
         FULL_GROUPS=tiling.full_groups, EVEN_OUT=tiling.even_out,
         **flags, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )

@@ -58,9 +58,10 @@ FWD_SHAPE_ARGS = [
 # NDHWC input (implicit im2col, zero padding by masks); B is the KTRSC weight, block-diagonal when a
 # tile spans several groups. TAP_ALIGNED (CT % BLOCK_K == 0) keeps each K step inside one tap, so the
 # gather needs per-row coordinates only; otherwise (C=3 stem, small groups) a K step spans taps and
-# coordinates are per (row, column) -- no per-tap padding either way. W_RUNS (C=3 stem): a K step is
-# one (t, r) filter row, whose S*C (s, c) pairs lie in one contiguous run of the NDHWC input row, so
-# the per-element gather work is an add and a loop-invariant mask (padding S*C up to BLOCK_K).
+# coordinates are per (row, column) -- no per-tap padding either way. W_RUNS (C=3 stem, grouped tiles
+# with BLOCK_K > CT): a K step is one (t, r) filter row, whose S*CT (s, c) pairs lie in S runs of the
+# NDHWC input row (one contiguous run when CT = C), so the per-element gather work is an add and a
+# loop-invariant mask (padding S*CT up to BLOCK_K), and a 3x3x3 conv takes 9 K steps instead of 27.
 @triton.jit(do_not_specialize=FWD_SHAPE_ARGS)
 def conv3d_fwd_kernel(
     x_ptr, w_ptr, out_ptr, conv_ptr, res_ptr, scale_ptr, shift_ptr, psum_ptr, pm2_ptr, ws_ptr,
@@ -72,8 +73,8 @@ def conv3d_fwd_kernel(
     o_sn, o_sd, o_sh, o_sw, o_sc,
     r_sn, r_sd, r_sh, r_sw, r_sc,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    TAP_ALIGNED: tl.constexpr, W_RUNS: tl.constexpr, BLOCK_DIAG: tl.constexpr, FULL_GROUPS: tl.constexpr,
-    EVEN_OUT: tl.constexpr,
+    TAP_ALIGNED: tl.constexpr, W_RUNS: tl.constexpr, RUN_C: tl.constexpr, BLOCK_DIAG: tl.constexpr,
+    FULL_GROUPS: tl.constexpr, EVEN_OUT: tl.constexpr,
     HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_RES: tl.constexpr, RELU: tl.constexpr,
     STORE_OUT: tl.constexpr, STORE_CONV: tl.constexpr, STATS: tl.constexpr, SPLIT_K: tl.constexpr,
     IS_FP32: tl.constexpr, TF32: tl.constexpr, UPCAST: tl.constexpr,
@@ -98,13 +99,23 @@ def conv3d_fwd_kernel(
     kr = tl.arange(0, BLOCK_K)
     if W_RUNS:  # K steps over (t, r); a step's columns are the S*CT (s, c) pairs of one input row segment
         k_total = T * R * BLOCK_K
-        s_col = kr // CT
-        c_col = kr - s_col * CT
-        col_ok = kr < S * CT
-        x_col = s_col * dil_w * x_sw + (g0 * red_per_group + c_col) * x_sc
-        w_col = c_col * w_sc + s_col * w_ss
+        # RUN_C = CT as a constexpr: the compiler then sees runs of RUN_C contiguous channels per s,
+        # which (RUN_C a power of two >= 8, starting at multiples of RUN_C) become 16-byte vector loads
+        s_col = kr // RUN_C
+        c_col = kr % RUN_C
+        ch_col, in_group, red_group, red_valid = red_channels(g0, c_col, red_per_group, groups, BLOCK_DIAG)
+        col_ok = kr < S * RUN_C
+        if not FULL_GROUPS:  # else every channel of the tile's groups is real
+            col_ok = col_ok & red_valid
+        if RUN_C >= 8 and (RUN_C & (RUN_C - 1)) == 0:
+            ch_col = tl.max_contiguous(tl.multiple_of(g0 * red_per_group + c_col, RUN_C), RUN_C)
+        x_col = s_col * dil_w * x_sw + ch_col * x_sc
+        w_col = in_group * w_sc + s_col * w_ss
         iw = base_w[:, None] + (s_col * dil_w)[None, :]
         w_ok = col_ok[None, :] & (iw >= 0) & (iw < W)  # loop-invariant part of the gather mask
+        w_b_ok = col_ok[:, None] & col_mask[None, :]
+        if BLOCK_DIAG:  # a column's weights are zero outside its own group
+            w_b_ok = w_b_ok & (red_group[:, None] == col_group[None, :])
 
     # Masks are kept as narrow as the path allows (row-only / column-only): a mask that is constant
     # along the contiguous axis lets the loads vectorise and the pipeliner turn them into async copies.
@@ -124,8 +135,8 @@ def conv3d_fwd_kernel(
             row_ok = row_mask & (id_ >= 0) & (id_ < D) & (ih >= 0) & (ih < H)
             row_off = n_off + id_ * x_sd + ih * x_sh + base_w * x_sw
             a = tl.load(x_ptr + row_off[:, None] + x_col[None, :], mask=row_ok[:, None] & w_ok, other=0.0)
-            b = tl.load(w_ptr + out_ch[None, :] * w_sk + (w_col + t * w_st + r * w_sr)[:, None],
-                        mask=col_ok[:, None] & col_mask[None, :], other=0.0)
+            b = tl.load(w_ptr + out_ch[None, :] * w_sk + (w_col + t * w_st + r * w_sr)[:, None], mask=w_b_ok,
+                        other=0.0)
         elif TAP_ALIGNED:
             tap = k0 // CT
             c0 = k0 - tap * CT  # a multiple of BLOCK_K, as is g0 * red_per_group
@@ -338,10 +349,10 @@ _plans: Dict[tuple, FwdPlan] = {}
 
 
 def w_runs(p: Conv3dParams, cfg: KernelConfig, tiling) -> bool:
-    """The row-segment K loop (W_RUNS): taps too narrow for a channel-aligned step (the C=3 stem), one
-    group per tile, and a whole (s, c) run of S*C channels fits one BLOCK_K step."""
-    return (tiling.red_per_tile % cfg.block_k != 0 and not tiling.block_diagonal
-            and p.kernel[2] * tiling.red_per_tile <= cfg.block_k)
+    """The row-segment K loop (W_RUNS): the tile's channels per tap (CT) are narrower than a K step and
+    a whole (s, c) run of S*CT channels fits one: the C=3 stem (S*C = 21 of 32), and grouped tiles
+    (ResNeXt: CT = 16 -> 48 of 64), which then walk the T*R = 9 filter rows instead of 27 taps."""
+    return tiling.red_per_tile % cfg.block_k != 0 and p.kernel[2] * tiling.red_per_tile <= cfg.block_k
 
 
 def _fwd_plan(p: Conv3dParams, cfg: KernelConfig, fmt, residual: Optional[torch.Tensor], flags: dict,
@@ -369,7 +380,8 @@ def _fwd_plan(p: Conv3dParams, cfg: KernelConfig, fmt, residual: Optional[torch.
     )
     constexprs = dict(
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
-        TAP_ALIGNED=tap_aligned, W_RUNS=runs, BLOCK_DIAG=tiling.block_diagonal,
+        TAP_ALIGNED=tap_aligned, W_RUNS=runs, RUN_C=tiling.red_per_tile if runs else 1,
+        BLOCK_DIAG=tiling.block_diagonal,
         FULL_GROUPS=tiling.full_groups, EVEN_OUT=tiling.even_out, **flags, SPLIT_K=split > 1,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )

@@ -51,7 +51,8 @@ WGRAD_SHAPE_ARGS = [
 # implicit im2col of the input (the gather of conv3d_fwd, transposed). Block-diagonal entries that
 # pair a channel with another group's filter are computed and dropped. TAP_ALIGNED (CT % BLOCK_N
 # == 0): a column block lies inside one tap, so the gather needs per-position coordinates only.
-# W_RUNS (C=3 stem): a column block is one (t, r) filter row, S*CT columns of one contiguous input run.
+# W_RUNS (C=3 stem, grouped tiles): a column block is one (t, r) filter row, S*CT columns in S runs of
+# the input row (one contiguous run when CT = C).
 @triton.jit(do_not_specialize=WGRAD_SHAPE_ARGS)
 def conv3d_wgrad_kernel(
     dy_ptr, x_ptr, dst_ptr,
@@ -62,8 +63,9 @@ def conv3d_wgrad_kernel(
     x_sn, x_sd, x_sh, x_sw, x_sc,
     d_split, d_sk, d_sc, d_st, d_sr, d_ss,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    TAP_ALIGNED: tl.constexpr, W_RUNS: tl.constexpr, BLOCK_DIAG: tl.constexpr, FULL_GROUPS: tl.constexpr,
-    EVEN_OUT: tl.constexpr, IS_FP32: tl.constexpr, TF32: tl.constexpr, UPCAST: tl.constexpr,
+    TAP_ALIGNED: tl.constexpr, W_RUNS: tl.constexpr, RUN_C: tl.constexpr, BLOCK_DIAG: tl.constexpr,
+    FULL_GROUPS: tl.constexpr, EVEN_OUT: tl.constexpr, IS_FP32: tl.constexpr, TF32: tl.constexpr,
+    UPCAST: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -75,11 +77,11 @@ def conv3d_wgrad_kernel(
         oc = tl.max_contiguous(tl.multiple_of(oc, BLOCK_M), BLOCK_M)
     CT = GB * red_per_group
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    if W_RUNS:  # column block = one (t, r) filter row: its S*CT (s, c) pairs, contiguous in an input row
+    if W_RUNS:  # column block = one (t, r) filter row: its S*CT (s, c) pairs, S runs of an input row
         t = pid_n // R
         r = pid_n - t * R
-        s = tl.arange(0, BLOCK_N) // CT
-        cl = tl.arange(0, BLOCK_N) - s * CT
+        s = tl.arange(0, BLOCK_N) // RUN_C  # RUN_C = CT as a constexpr (see conv3d_fwd's W_RUNS)
+        cl = tl.arange(0, BLOCK_N) % RUN_C
     elif TAP_ALIGNED:
         tap = (pid_n * BLOCK_N) // CT
         cl = cols - tap * CT
@@ -93,7 +95,12 @@ def conv3d_wgrad_kernel(
         ch = g0 * red_per_group + (pid_n * BLOCK_N - tap * CT) + tl.arange(0, BLOCK_N)
         ch = tl.max_contiguous(tl.multiple_of(ch, BLOCK_N), BLOCK_N)
     if W_RUNS:
-        col_mask = col_mask & (s < S)
+        if FULL_GROUPS:  # every channel of the tile's groups is real: a mask constant along each run
+            col_mask = s < S
+        else:
+            col_mask = col_mask & (s < S)
+        if RUN_C >= 8 and (RUN_C & (RUN_C - 1)) == 0:  # runs start at multiples of RUN_C: vector loads
+            ch = tl.max_contiguous(tl.multiple_of(g0 * red_per_group + cl, RUN_C), RUN_C)
         x_col = s * dil_w * x_sw + ch * x_sc
     else:
         col_mask = col_mask & (cols < T * R * S * CT)
@@ -212,7 +219,8 @@ def _wgrad_plan(p: Conv3dParams, cfg: KernelConfig, fmt, flags: dict, device: to
     )
     constexprs = dict(
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
-        TAP_ALIGNED=tiling.red_per_tile % cfg.block_n == 0, W_RUNS=runs, BLOCK_DIAG=tiling.block_diagonal,
+        TAP_ALIGNED=tiling.red_per_tile % cfg.block_n == 0, W_RUNS=runs,
+        RUN_C=tiling.red_per_tile if runs else 1, BLOCK_DIAG=tiling.block_diagonal,
         FULL_GROUPS=tiling.full_groups, EVEN_OUT=tiling.even_out,
         **flags, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
@@ -220,10 +228,10 @@ def _wgrad_plan(p: Conv3dParams, cfg: KernelConfig, fmt, flags: dict, device: to
 
 
 def w_runs(p: Conv3dParams, cfg: KernelConfig, tiling) -> bool:
-    """Column blocks of one (t, r) filter row (W_RUNS): taps narrower than a column block (the C=3 stem),
-    one group per tile, and the row's S*C columns fill more than half of one block. Wider blocks take
-    the flattened loop: on the ResNeXt-101 stem (H200, bf16) 128x64x32 flattened ran 3.24 ms against
-    5.25 ms for one 21-column row per 32-wide block (dy is re-read once per column block)."""
+    """Column blocks of one (t, r) filter row (W_RUNS): taps narrower than a column block (the C=3 stem,
+    grouped tiles with CT = 16-32 channels), and the row's S*CT columns fill more than half of one block.
+    dy is re-read once per column block: 9 blocks instead of 27 tap blocks for a grouped 3x3x3 conv.
+    Wider blocks take the flattened loop: on the ResNeXt-101 stem (H200, bf16) 128x64x32 flattened ran
+    3.24 ms against 5.25 ms for one 21-column row per 32-wide block."""
     row = p.kernel[2] * tiling.red_per_tile
-    return (tiling.red_per_tile % cfg.block_n != 0 and not tiling.block_diagonal
-            and row <= cfg.block_n < 2 * row)
+    return tiling.red_per_tile % cfg.block_n != 0 and row <= cfg.block_n < 2 * row
