@@ -94,3 +94,63 @@ def test_forward_candidates_include_split_k_only_when_autotuning(monkeypatch):
     monkeypatch.setattr(autotune, "autotune_enabled", lambda: True)
     tuned = autotune.fwd_candidates(P, torch.bfloat16, torch.device("cpu"))
     assert tuned[:len(plain)] == plain and [c.split_k for c in tuned[len(plain):]] == [1, 2, 4]
+
+
+def _resnext_grouped(c, size, stride=1, n=8):
+    return ops.make_params(torch.empty(n, c, *size, device="meta"), torch.empty(c, c // 32, 3, 3, 3, device="meta"),
+                           stride=stride, padding=1, groups=32)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_grouped_convs_take_the_row_run_loop_where_latency_bound(monkeypatch, dtype):
+    """GPU heuristic (H100: 132 SMs) for ResNeXt-101's grouped 3x3x3 convs at batch 8: stages 3-4 (few
+    programs, 27 serial K steps) start with the W_RUNS tile (9 steps), forward and stride-1 dgrad alike;
+    stage 1 keeps the tap-aligned tile first and has W_RUNS as an autotuning candidate; strided dgrad
+    never gets it. The chosen tile really takes the W_RUNS loop in both kernels."""
+    from video3d_fast.ops.backends.triton import conv3d_dgrad, conv3d_fwd
+    from video3d_fast.ops.backends.triton.grouped import group_tiling
+
+    monkeypatch.setattr(autotune, "INTERPRETED", False)
+    monkeypatch.setattr(autotune, "autotune_enabled", lambda: False)
+    monkeypatch.setattr(autotune, "_sm_count", lambda device: 132)
+    cpu = torch.device("cpu")
+
+    def fwd_runs(p, cfg):
+        return conv3d_fwd.w_runs(p, cfg, group_tiling(p.groups, p.out_channels_per_group,
+                                                      p.in_channels_per_group, cfg.block_n))
+
+    def dgrad_runs(p, cfg):
+        return conv3d_dgrad.w_runs(p, cfg, group_tiling(p.groups, p.in_channels_per_group,
+                                                        p.out_channels_per_group, cfg.block_n))
+
+    for p in (_resnext_grouped(512, (2, 7, 7)), _resnext_grouped(1024, (1, 4, 4))):
+        fwd, dgrad = autotune.fwd_candidates(p, dtype, cpu), autotune.dgrad_candidates(p, dtype, cpu)
+        assert fwd_runs(p, fwd[0]) and dgrad_runs(p, dgrad[0]), (fwd[0], dgrad[0])
+        assert not fwd_runs(p, fwd[1])  # the tap-aligned tile stays in the list
+    stage4 = autotune.fwd_candidates(_resnext_grouped(1024, (1, 4, 4)), dtype, cpu)[0]
+    assert (stage4.block_n, stage4.block_k) == (32, 128)  # 3 runs of one 32-channel group
+    if dtype == torch.float32:
+        assert stage4.block_m == 32  # 64x32x128 fp32 compiles to 254 registers on sm_90
+    strided = _resnext_grouped(512, (4, 14, 14), stride=2)
+    assert fwd_runs(strided, autotune.fwd_candidates(strided, dtype, cpu)[0])
+    assert not any(dgrad_runs(strided, c) for c in autotune.dgrad_candidates(strided, dtype, cpu))
+    stage1 = _resnext_grouped(128, (8, 28, 28))
+    fwd = autotune.fwd_candidates(stage1, dtype, cpu)
+    assert not fwd_runs(stage1, fwd[0]) and fwd_runs(stage1, fwd[-1])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_grouped_weight_gradients_take_row_run_column_blocks(monkeypatch, dtype):
+    """Every ResNeXt-101 grouped stage (strided too): the first wgrad tile's column blocks are (t, r)
+    filter rows (dy read 9 times instead of 27); the tap-block tile stays a candidate."""
+    from video3d_fast.ops.backends.triton import conv3d_wgrad
+    from video3d_fast.ops.backends.triton.grouped import group_tiling
+
+    monkeypatch.setattr(autotune, "INTERPRETED", False)
+    monkeypatch.setattr(autotune, "_sm_count", lambda device: 132)
+    for p in (_resnext_grouped(128, (8, 28, 28)), _resnext_grouped(256, (8, 28, 28), stride=2),
+              _resnext_grouped(512, (2, 7, 7)), _resnext_grouped(1024, (1, 4, 4))):
+        tiles = autotune.wgrad_candidates(p, dtype, torch.device("cpu"))
+        runs = [conv3d_wgrad.w_runs(p, c, group_tiling(p.groups, p.out_channels_per_group,
+                                                         p.in_channels_per_group, c.block_m)) for c in tiles]
+        assert runs[0] and not all(runs), (p, tiles)

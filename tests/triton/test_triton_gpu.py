@@ -35,7 +35,7 @@ def test_affine_act_bf16_matches_reference_at_layer_size(name):
 
 @pytest.mark.parametrize(
     "name", ["r50_stem", "r50_l1_conv2", "r50_l2_conv2_s2", "rx101_l1_grouped", "rx101_l2_grouped_s2",
-             "rx101_l4_grouped", "r50_l4_conv2"]
+             "rx101_l3_grouped", "rx101_l4_grouped", "r50_l4_conv2"]  # l3/l4: the W_RUNS fprop and dgrad
 )
 def test_batchnorm_act_bf16_matches_reference_at_layer_size(name):
     p = variant(LARGE[name], dtype=BF16, layout="ndhwc", residual=name == "rx101_l1_grouped")

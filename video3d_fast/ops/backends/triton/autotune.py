@@ -117,9 +117,59 @@ def _gemm_tile_candidates(rows: int, out_per_group: int, red_per_group: int, gro
     return [first] + [c for c in others if c != first]
 
 
+def _grouped_row_run_tile(rows: int, out_per_group: int, red_per_group: int, groups: int, total_out: int,
+                          width: int, dtype: torch.dtype, device: torch.device) -> Optional[KernelConfig]:
+    """The W_RUNS tile of a grouped conv's fprop or dgrad (conv3d_fwd.w_runs, conv3d_dgrad.w_runs), or
+    None where it does not apply; ``width`` is the filter's S.
+
+    The tap-aligned loop of a grouped tile takes one K step per filter tap (27 for 3x3x3) with only
+    CT = 16-32 channels each; W_RUNS takes one per (t, r) filter row, S*CT channels wide (48 of 64 for
+    ResNeXt's 16-channel tiles, 96 of 128 for 32), i.e. 9 steps, still 16-byte vector loads feeding the
+    pipeline when CT is a power of two >= 8 (the run width is a constexpr there): sm_90 compiles show
+    cp.async 16-byte copies and 48-136 registers. Deep grouped layers (ResNeXt stages 3-4: 64-416 tiles
+    at batch 8) are latency-bound on those serial K steps."""
+    if groups == 1 or width < 2:
+        return None
+    bn = _out_block(out_per_group, groups, total_out, 128)
+    tiling = group_tiling(groups, out_per_group, red_per_group, bn)
+    ct = tiling.red_per_tile
+    if ct < 8 or ct & (ct - 1) or width * ct > 128:
+        return None
+    bk = next_pow2(width * ct)
+    # 64 rows while that still gives 2 programs per SM; fp32 operands at 128-wide K steps need 32 rows
+    # (64x32x128 fp32 compiles to 254 registers on sm_90)
+    big = cdiv(rows, 64) * tiling.num_tiles >= 2 * _sm_count(device)
+    bm = 64 if big and not (dtype == torch.float32 and bk > 64) else 32
+    return KernelConfig(bm, bn, bk, 4, 3)
+
+
+def _latency_bound(rows: int, out_per_group: int, red_per_group: int, groups: int, cfg: KernelConfig,
+                   device: torch.device) -> bool:
+    """Fewer than ~4 programs of 64 rows per SM: each program's serial K loop, not the device's
+    throughput, sets the time (ResNeXt-101 stages 3-4 at batch 8; stage 1's 6272 tiles are
+    throughput-bound, and its tap-aligned loop is 9x cuDNN there)."""
+    tiling = group_tiling(groups, out_per_group, red_per_group, cfg.block_n)
+    return cdiv(rows, 64) * tiling.num_tiles < 4 * _sm_count(device)
+
+
+def _with_row_runs(tiles: List[KernelConfig], rows: int, out_per_group: int, red_per_group: int, groups: int,
+                   total_out: int, width: int, dtype: torch.dtype, device: torch.device) -> List[KernelConfig]:
+    """``tiles`` with the W_RUNS tile first where the K loop's length sets the time, else last (a
+    candidate for autotuning only)."""
+    runs = None if INTERPRETED else _grouped_row_run_tile(rows, out_per_group, red_per_group, groups,
+                                                          total_out, width, dtype, device)
+    if runs is None or runs in tiles:
+        return tiles
+    if _latency_bound(rows, out_per_group, red_per_group, groups, runs, device):
+        return [runs] + tiles
+    return tiles + [runs]
+
+
 def fwd_candidates(p: Conv3dParams, dtype: torch.dtype, device: torch.device) -> List[KernelConfig]:
     tiles = _gemm_tile_candidates(p.gemm_m, p.out_channels_per_group, p.in_channels_per_group, p.groups,
                                   p.out_channels, dtype, device, row_run=p.kernel[2] * p.in_channels_per_group)
+    tiles = _with_row_runs(tiles, p.gemm_m, p.out_channels_per_group, p.in_channels_per_group, p.groups,
+                           p.out_channels, p.kernel[2], dtype, device)
     if not autotune_enabled():
         return tiles
     # timed only when autotuning: the heuristic tile with explicit split-K factors (fwd_split decides
@@ -129,8 +179,12 @@ def fwd_candidates(p: Conv3dParams, dtype: torch.dtype, device: torch.device) ->
 
 def dgrad_candidates(p: Conv3dParams, dtype: torch.dtype, device: torch.device) -> List[KernelConfig]:
     rows = p.batch * p.in_size[0] * p.in_size[1] * p.in_size[2]
-    return _gemm_tile_candidates(rows, p.in_channels_per_group, p.out_channels_per_group, p.groups,
-                                 p.in_channels, dtype, device)
+    tiles = _gemm_tile_candidates(rows, p.in_channels_per_group, p.out_channels_per_group, p.groups,
+                                  p.in_channels, dtype, device)
+    if p.stride != (1, 1, 1):  # W_RUNS dgrad walks every tap: stride 1 only (one phase)
+        return tiles
+    return _with_row_runs(tiles, rows, p.in_channels_per_group, p.out_channels_per_group, p.groups,
+                          p.in_channels, p.kernel[2], dtype, device)
 
 
 def wgrad_candidates(p: Conv3dParams, dtype: torch.dtype, device: torch.device) -> List[KernelConfig]:
@@ -145,8 +199,17 @@ def wgrad_candidates(p: Conv3dParams, dtype: torch.dtype, device: torch.device) 
     if ct % 16:  # narrow taps (the C=3 stem): flattened 64-wide column blocks (see conv3d_wgrad.w_runs)
         bn = 64
     bk = 64 if bm * bn <= 64 * 64 else 32
-    return [KernelConfig(bm, bn, _half_k_for_fp32(bk, dtype), 4, 3),
-            KernelConfig(bm, bn, _half_k_for_fp32(64 if bk == 32 else 32, dtype), 4, 3)]
+    tiles = [KernelConfig(bm, bn, _half_k_for_fp32(bk, dtype), 4, 3),
+             KernelConfig(bm, bn, _half_k_for_fp32(64 if bk == 32 else 32, dtype), 4, 3)]
+    run = p.kernel[2] * ct
+    if p.groups > 1 and p.kernel[2] > 1 and ct >= 8 and not ct & (ct - 1) and run <= 128:
+        # grouped: column blocks of one (t, r) filter row (conv3d_wgrad.w_runs, vector loads for CT a
+        # power of two): dy, re-read once per column block, is read 9 times instead of 27
+        # (32x128x64 bf16 / 32x128x32 fp32 spill 8 bytes on sm_90: 32 / 16 position steps there)
+        runs_bn = next_pow2(run)
+        tiles.insert(0, KernelConfig(bm, runs_bn, _half_k_for_fp32(64 if bm * runs_bn < 64 * 64 else 32, dtype),
+                                     4, 3))
+    return tiles
 
 
 def pick(op: str, p: Conv3dParams, dtype: torch.dtype, device: torch.device,
