@@ -250,6 +250,8 @@ def probe_grouped():
         # tiles take 1 (CT = 16) or 4 groups, 32-wide ones 1 (stage 4) or 8
         autotune.KernelConfig(64, 16, 64, 4, 3), autotune.KernelConfig(32, 16, 64, 4, 3),
         autotune.KernelConfig(128, 16, 64, 4, 3), autotune.KernelConfig(64, 16, 64, 4, 4),
+        # deeper pipelines: the loops are latency-bound (stage 1 too: 143 us where its bytes take ~13)
+        autotune.KernelConfig(64, 16, 64, 4, 5), autotune.KernelConfig(128, 16, 64, 4, 4),
         autotune.KernelConfig(32, 32, 128, 4, 3), autotune.KernelConfig(64, 32, 128, 4, 3),
         # the tap-aligned loop: the heuristic before (and still for stages 1-2)
         autotune.KernelConfig(64, 16, 16, 4, 3), autotune.KernelConfig(128, 16, 16, 4, 3),

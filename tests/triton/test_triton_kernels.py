@@ -259,6 +259,30 @@ def test_half_precision_kernels_accumulate_in_fp32(dtype):
                  gw_ref, dtype, "wgrad")
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("name", ["grouped", "grouped_wide"])
+def test_row_run_loops_in_half_precision_on_ncdhw_input(name, dtype):
+    """The W_RUNS loops of grouped tiles (block-diagonal and one group per tile) in fprop, dgrad and
+    wgrad with half-precision operands read from NCDHW tensors: fp32 accumulation, one rounding."""
+    autotune, conv3d_fwd, conv3d_dgrad, conv3d_wgrad, _ = _kernels()
+    x, w, dy, p = _problem(name, dtype=dtype, layout="ncdhw", seed=6)
+    fwd_cfg, dgrad_cfg = autotune.KernelConfig(32, 16, 64), autotune.KernelConfig(32, 16, 64)
+    wgrad_cfg = autotune.KernelConfig(16, 64, 32, split_k=2)
+    assert conv3d_fwd.w_runs(p, fwd_cfg, _tiling(p, fwd_cfg, "fwd")[0])
+    assert conv3d_dgrad.w_runs(p, dgrad_cfg, _tiling(p, dgrad_cfg, "dgrad")[0])
+    assert conv3d_wgrad.w_runs(p, wgrad_cfg, _tiling(p, wgrad_cfg, "wgrad")[0])
+    with poison_outputs():
+        out = conv3d_fwd.conv3d_fwd(x, w, p, config=fwd_cfg).out
+        gx = conv3d_dgrad.conv3d_dgrad(dy, w, p, torch.contiguous_format, config=dgrad_cfg)
+        gw = conv3d_wgrad.conv3d_wgrad(dy, x, w, p, config=wgrad_cfg)
+    ref = torch.nn.functional.conv3d(x.double(), w.double(), None, p.stride, p.padding, p.dilation, p.groups)
+    assert out.dtype == dtype and out.is_contiguous() and gx.is_contiguous()
+    assert_close(out, ref, dtype, "forward")
+    gx_ref, gw_ref = _aten_grads(x, w, dy, p)
+    assert_close(gx, gx_ref, dtype, "dgrad")
+    assert_close(gw, gw_ref, dtype, "wgrad")
+
+
 def test_launchers_reject_mismatched_arguments():
     _, conv3d_fwd, conv3d_dgrad, conv3d_wgrad, _ = _kernels()
     x, w, dy, p = _problem("dense")
