@@ -290,7 +290,9 @@ def probe_grouped():
             autotune.KernelConfig(16, 64, 64, 4, 3), autotune.KernelConfig(32, 64, 64, 4, 3),
             autotune.KernelConfig(32, 128, 32, 4, 3), autotune.KernelConfig(16, 128, 32, 4, 3),
             autotune.KernelConfig(16, 16, 64, 4, 3), autotune.KernelConfig(32, 32, 64, 4, 3),
-            autotune.KernelConfig(16, 128, 32, 4, 3, split_k=8)])
+            autotune.KernelConfig(16, 128, 32, 4, 3, split_k=8),
+            # the split heuristic gives small tiles 8 programs per SM since session 5 (stage 1: 4 -> 15)
+            autotune.KernelConfig(16, 64, 64, 4, 3, split_k=4), autotune.KernelConfig(16, 64, 64, 4, 3, split_k=32)])
         for cfg in bwd_configs:
             plan_cfg = cfg or autotune.wgrad_candidates(p, DT, x.device)[0]
             plan = conv3d_wgrad._wgrad_plan(p, plan_cfg, CL, {}, x.device)

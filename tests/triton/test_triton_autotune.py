@@ -154,3 +154,15 @@ def test_grouped_weight_gradients_take_row_run_column_blocks(monkeypatch, dtype)
         runs = [conv3d_wgrad.w_runs(p, c, group_tiling(p.groups, p.out_channels_per_group,
                                                          p.in_channels_per_group, c.block_m)) for c in tiles]
         assert runs[0] and not all(runs), (p, tiles)
+
+
+def test_weight_gradient_split_gives_small_tiles_more_programs(monkeypatch):
+    """Split-K of wgrad: 2 programs per SM for 64x64 tiles, 8 for 16x64 (grouped), never fewer than 8
+    position steps per program, and an explicit split_k wins."""
+    monkeypatch.setattr(autotune, "_sm_count", lambda device: 132)
+    cpu = torch.device("cpu")
+    big, small = autotune.KernelConfig(64, 64, 64), autotune.KernelConfig(16, 64, 64)
+    assert autotune.wgrad_split(1, 27, 50176, big, cpu) == 10  # 2 * 132 / 27 tiles
+    assert autotune.wgrad_split(8, 9, 50176, small, cpu) == 15  # 8 * 132 / 72 tiles
+    assert autotune.wgrad_split(32, 9, 784, small, cpu) == 2  # 784 positions: >= 8 steps of 64 each
+    assert autotune.wgrad_split(8, 9, 50176, autotune.KernelConfig(16, 64, 64, split_k=3), cpu) == 3

@@ -302,12 +302,15 @@ def cached_configs() -> Dict[Tuple, KernelConfig]:
 
 
 def wgrad_split(rows: int, cols: int, positions: int, cfg: KernelConfig, device: torch.device) -> int:
-    """Split-K factor over the N*Do*Ho*Wo reduction of wgrad: enough programs to fill the device,
-    at least 8 K steps per split."""
+    """Split-K factor over the N*Do*Ho*Wo reduction of wgrad: enough programs to fill the device, at
+    least 8 K steps per split. 2 programs per SM for tiles of 64x64 and up, proportionally more for
+    smaller ones: a grouped 16x64 tile's program is a long chain of dependent position steps with few
+    registers (61-64 on sm_90), so 8 of them per SM hide each other's load latency (ResNeXt stage 1
+    at batch 8: 72 tiles, split 4 -> 15, 196 -> 53 steps per program)."""
     if cfg.split_k:
         return cfg.split_k
     tiles = rows * cols
-    target = 2 * _sm_count(device)
+    target = 2 * max(1, (64 * 64) // (cfg.block_m * cfg.block_n)) * _sm_count(device)
     split = max(1, min(cdiv(target, tiles), cdiv(positions, 8 * cfg.block_k)))
     return min(split, 256)
 
