@@ -257,6 +257,8 @@ def probe_grouped():
         autotune.KernelConfig(64, 16, 16, 4, 3), autotune.KernelConfig(128, 16, 16, 4, 3),
         autotune.KernelConfig(32, 16, 16, 4, 3), autotune.KernelConfig(64, 32, 32, 4, 3),
         autotune.KernelConfig(32, 32, 32, 4, 3), autotune.KernelConfig(64, 32, 16, 4, 3),
+        # 5 stages = 4 gathers in flight per program instead of 2 (shared memory only, 56-72 registers)
+        autotune.KernelConfig(128, 16, 16, 4, 5), autotune.KernelConfig(64, 16, 16, 4, 5),
         # flattened K steps across taps, and split-K
         autotune.KernelConfig(64, 64, 32, 4, 3), autotune.KernelConfig(64, 32, 32, 4, 3, split_k=2),
     ]
@@ -284,6 +286,21 @@ def probe_grouped():
             [True, True, False])
         gx_ref, gw_ref = cudnn_bwd()[:2]
         row("grouped", label + " cuDNN dgrad+wgrad", ms(cudnn_bwd))
+        dgrad_configs = [None] + ([autotune.KernelConfig(16, 16, 64, 4, 3)] if SMOKE else [
+            # W_RUNS (stride 1 only; the heuristic for stages 3-4 since session 5), then tap-aligned tiles
+            autotune.KernelConfig(64, 16, 64, 4, 3), autotune.KernelConfig(32, 16, 64, 4, 3),
+            autotune.KernelConfig(32, 32, 128, 4, 3), autotune.KernelConfig(64, 16, 16, 4, 3),
+            autotune.KernelConfig(64, 32, 16, 4, 3), autotune.KernelConfig(32, 32, 16, 4, 3),
+            autotune.KernelConfig(128, 32, 32, 4, 3),
+            # 5 stages = 4 gathers in flight per program instead of 2 (the loops are latency-bound)
+            autotune.KernelConfig(128, 16, 16, 4, 5), autotune.KernelConfig(64, 16, 64, 4, 5)])
+        for cfg in dgrad_configs:
+            plan_cfg = cfg or autotune.dgrad_candidates(p, DT, x.device)[0]
+            plan = conv3d_dgrad._dgrad_plan(p, plan_cfg, CL, {})
+            loop = "runs" if plan.constexprs["W_RUNS"] else "aligned" if plan.constexprs["TAP_ALIGNED"] else "flat"
+            name = f"{plan_cfg.block_m}x{plan_cfg.block_n}x{plan_cfg.block_k}/{plan_cfg.num_stages} {loop}"
+            variant("grouped", f"{label} dgrad {'heuristic ' if cfg is None else ''}{name}",
+                    lambda: conv3d_dgrad.conv3d_dgrad(dy, w, p, CL, config=cfg), gx_ref)
         # wgrad: dy is re-read once per column block. W_RUNS blocks (one (t, r) filter row of S*CT columns,
         # the heuristic since session 5) take 9 blocks; tap blocks (the heuristic before) 27
         bwd_configs = [None] + ([] if SMOKE else [
