@@ -56,16 +56,24 @@ class Conv3dParams:
     dilation: Triple
     groups: int
 
-    @property
-    def out_size(self) -> Triple:
-        return tuple(  # type: ignore[return-value]
+    def __post_init__(self):
+        # Derived sizes, computed once: the launchers read them on every call, and params are memoised
+        # per shape. Plain attributes, not fields: equality, hashing and astuple see the fields only.
+        out_size = tuple(
             _out_size(self.in_size[i], self.kernel[i], self.stride[i], self.padding[i], self.dilation[i])
             for i in range(3)
         )
+        object.__setattr__(self, "_out_size", out_size)
+        object.__setattr__(self, "_out_shape", (self.batch, self.out_channels, *out_size))
+        object.__setattr__(self, "_gemm_m", self.batch * out_size[0] * out_size[1] * out_size[2])
+
+    @property
+    def out_size(self) -> Triple:
+        return self._out_size  # type: ignore[attr-defined]
 
     @property
     def out_shape(self) -> Tuple[int, int, int, int, int]:
-        return (self.batch, self.out_channels, *self.out_size)
+        return self._out_shape  # type: ignore[attr-defined]
 
     @property
     def in_channels_per_group(self) -> int:
@@ -77,8 +85,7 @@ class Conv3dParams:
 
     @property
     def gemm_m(self) -> int:
-        d, h, w = self.out_size
-        return self.batch * d * h * w
+        return self._gemm_m  # type: ignore[attr-defined]
 
     @property
     def gemm_k(self) -> int:

@@ -374,7 +374,7 @@ class Runner:
     # ------------------------------------------------------------------ the run
     def run(self) -> Dict:
         """Train/validate/test as the options say; returns a summary dict (rank 0 prints it)."""
-        cfg, ctx = self.cfg, self.ctx
+        cfg = self.cfg
         if self.result_dir is None and (not cfg.no_train or cfg.inference):
             raise ValueError("--result_path is required (logs, checkpoints and results go there)")
         summary: Dict = {"arch": cfg.arch, "train": [], "val": []}

@@ -46,6 +46,22 @@ def _uses_kernels(x: torch.Tensor) -> bool:
     return x.dtype in (torch.float16, torch.bfloat16, torch.float32)
 
 
+class _Kernels:
+    """The kernel modules, imported on first use (see the module docstring: TRITON_INTERPRET must be set
+    before they are defined) and then read as attributes: a ``from .x import y`` statement inside a method
+    costs ~1-2 us of host time per call."""
+
+    def __getattr__(self, name: str):
+        from . import bn, conv3d_dgrad, conv3d_fwd, conv3d_wgrad
+
+        for module in (bn, conv3d_dgrad, conv3d_fwd, conv3d_wgrad):
+            setattr(self, module.__name__.rsplit(".", 1)[1], module)
+        return object.__getattribute__(self, name)
+
+
+_k = _Kernels()
+
+
 def _stem_wgrad_on_cudnn(x: torch.Tensor, p) -> bool:
     """The C=3 stem's weight gradient on a GPU: cuDNN is 2.5x faster than our best tiling there (the
     Triton kernel gathers 21-element input runs per filter row; see benchmarks/notes_triton.md)."""
@@ -60,9 +76,7 @@ def _wgrad(gc: torch.Tensor, x: torch.Tensor, w: torch.Tensor, p) -> torch.Tenso
             gc, x, w, None, list(p.stride), list(p.padding), list(p.dilation), False, [0, 0, 0], p.groups,
             [False, True, False])[1]
         return gw.contiguous(memory_format=memory_format_of(w))
-    from .conv3d_wgrad import conv3d_wgrad
-
-    return conv3d_wgrad(gc, x, w, p)
+    return _k.conv3d_wgrad.conv3d_wgrad(gc, x, w, p)
 
 
 class TritonBackend(Backend):
@@ -99,36 +113,28 @@ class TritonBackend(Backend):
     def conv3d_forward(self, x, w, bias, p):
         if not _uses_kernels(x):
             return super().conv3d_forward(x, w, bias, p)
-        from .conv3d_fwd import conv3d_fwd
-
-        return conv3d_fwd(x, w, p, shift=None if bias is None else bias.contiguous()).out
+        return _k.conv3d_fwd.conv3d_fwd(x, w, p, shift=None if bias is None else bias.contiguous()).out
 
     def conv3d_backward(self, grad, x, w, p, mask):
         if not _uses_kernels(x):
             return super().conv3d_backward(grad, x, w, p, mask)
-        from .bn import grad_sums
-        from .conv3d_dgrad import conv3d_dgrad
-
-        gx = conv3d_dgrad(grad, w, p, memory_format_of(x)) if mask[0] else None
+        gx = _k.conv3d_dgrad.conv3d_dgrad(grad, w, p, memory_format_of(x)) if mask[0] else None
         gw = _wgrad(grad, x, w, p) if mask[1] else None
-        gb = grad_sums(grad, None, False)[0].to(grad.dtype) if mask[2] else None
+        gb = _k.bn.grad_sums(grad, None, False)[0].to(grad.dtype) if mask[2] else None
         return gx, gw, gb
 
     # --- inference form -----------------------------------------------------------------------
     def affine_act_forward(self, x, w, scale, shift, residual, p, relu, save_conv_out):
         if not _uses_kernels(x):
             return super().affine_act_forward(x, w, scale, shift, residual, p, relu, save_conv_out)
-        from .conv3d_fwd import conv3d_fwd
-
-        r = conv3d_fwd(x, w, p, scale=scale.contiguous(), shift=shift.contiguous(), residual=residual,
-                       relu=relu, store_conv=save_conv_out)
+        r = _k.conv3d_fwd.conv3d_fwd(x, w, p, scale=scale.contiguous(), shift=shift.contiguous(),
+                                     residual=residual, relu=relu, store_conv=save_conv_out)
         return r.out, r.conv
 
     def affine_act_backward(self, grad, out, conv_out, x, w, scale, p, relu, mask):
         if not _uses_kernels(x):
             return super().affine_act_backward(grad, out, conv_out, x, w, scale, p, relu, mask)
-        from .bn import grad_prologue, grad_sums
-
+        grad_prologue, grad_sums = _k.bn.grad_prologue, _k.bn.grad_sums
         g_scale = g_shift = g_res = None
         if mask[2] and conv_out is None:
             raise RuntimeError("grad of scale needs the saved conv output (save_conv_out=True)")
@@ -146,20 +152,17 @@ class TritonBackend(Backend):
     # --- training form ------------------------------------------------------------------------
     def fuses_running_stats(self, x, running):
         # the finalize step updates fp32, dense buffers in fp32; other dtypes keep torch's lerp_
-        return _uses_kernels(x) and all(t.dtype == torch.float32 and t.is_contiguous()
-                                        for t in (running.mean, running.var))
+        mean, var = running.mean, running.var
+        return (_uses_kernels(x) and mean.dtype == torch.float32 and var.dtype == torch.float32
+                and mean.is_contiguous() and var.is_contiguous())
 
     def batchnorm_act_forward(self, x, w, gamma, beta, residual, p, eps, relu, running=None):
         if not _uses_kernels(x):
             return super().batchnorm_act_forward(x, w, gamma, beta, residual, p, eps, relu)
-        from .bn import bn_forward
-        from .conv3d_fwd import conv3d_fwd
-
-        r = conv3d_fwd(x, w, p, store_out=False, store_conv=True, stats=True)
-        out, stats = bn_forward(r, p.gemm_m, gamma.contiguous(), beta.contiguous(), residual, relu, eps,
-                                memory_format_of(x), running)
-        mean, var = stats[:2].unbind(0)
-        return out, r.conv, mean, var
+        r = _k.conv3d_fwd.conv3d_fwd(x, w, p, store_out=False, store_conv=True, stats=True)
+        out, stats = _k.bn.bn_forward(r, p.gemm_m, gamma.contiguous(), beta.contiguous(), residual, relu, eps,
+                                      memory_format_of(x), running)
+        return out, r.conv, stats[0], stats[1]
 
     def batchnorm_act_rebuilder(self, x, mean, relu):
         # batchnorm_act_forward returns mean as row 0 of its (4, K) statistics buffer, whose rows 2-3 hold
@@ -167,18 +170,14 @@ class TritonBackend(Backend):
         stats = mean._base
         if not _uses_kernels(x) or stats is None or tuple(stats.shape) != (4, mean.numel()):
             return None
-        from .bn import channel_affine_act
-
-        fmt = memory_format_of(x)
-        return lambda conv_out: channel_affine_act(conv_out, stats, None, relu, fmt)
+        apply, fmt = _k.bn.channel_affine_act, memory_format_of(x)
+        return lambda conv_out: apply(conv_out, stats, None, relu, fmt)
 
     def batchnorm_act_backward(self, grad, out, conv_out, mean, var, x, w, gamma, p, eps, relu, mask):
         if not _uses_kernels(x):
             return super().batchnorm_act_backward(grad, out, conv_out, mean, var, x, w, gamma, p, eps, relu, mask)
-        from .bn import bn_backward
-
         need_gc = bool(mask[0] or mask[1])
-        sums, gc, g_res = bn_backward(grad, out, relu, conv_out, mean.float().contiguous(),
+        sums, gc, g_res = _k.bn.bn_backward(grad, out, relu, conv_out, mean.float().contiguous(),
                                       var.float().contiguous(), gamma.contiguous(), eps, store_gc=need_gc,
                                       gz_format=memory_format_of(x) if mask[4] else None,
                                       need_sums=bool(mask[2] or mask[3]))
@@ -191,8 +190,6 @@ class TritonBackend(Backend):
     @staticmethod
     def _conv_grads(gc, x, w, p, mask):
         """(grad_input, grad_weight) of the conv from the conv-output gradient ``gc``."""
-        from .conv3d_dgrad import conv3d_dgrad
-
-        gx = conv3d_dgrad(gc, w, p, memory_format_of(x)) if mask[0] else None
+        gx = _k.conv3d_dgrad.conv3d_dgrad(gc, w, p, memory_format_of(x)) if mask[0] else None
         gw = _wgrad(gc, x, w, p) if mask[1] else None
         return gx, gw

@@ -18,6 +18,7 @@ from ...debug import new_output
 from ...params import Conv3dParams
 from .autotune import KernelConfig, dgrad_candidates, pick
 from .common import (
+    allow_tf32,
     LaunchPlan,
     cdiv,
     channels_last,
@@ -218,13 +219,13 @@ def conv3d_dgrad(dy: torch.Tensor, w: torch.Tensor, p: Conv3dParams, input_forma
         raise ValueError(f"grad_output {tuple(dy.shape)} / weight {tuple(w.shape)} do not match {p}")
     if dy.dtype != w.dtype or dy.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         raise TypeError(f"triton dgrad needs matching fp16/bf16/fp32 tensors, got {dy.dtype}/{w.dtype}")
-    flags = dot_flags(dy.dtype)
-    key = (p, dy.dtype, dy.device, input_format, config, tuple(flags.values()))
+    # TF32 is the one dot flag that can change at run time (torch's flag); the others follow the dtype
+    key = (p, dy.dtype, dy.device, input_format, config, dy.dtype == torch.float32 and allow_tf32())
     plan = _plans.get(key)
     if plan is None:
         cfg = config or pick("dgrad", p, dy.dtype, dy.device, dgrad_candidates(p, dy.dtype, dy.device),
                              lambda c: conv3d_dgrad(dy, w, p, input_format, config=c))
-        plan = _plans[key] = _dgrad_plan(p, cfg, input_format, flags)
+        plan = _plans[key] = _dgrad_plan(p, cfg, input_format, dot_flags(dy.dtype))
     dx = new_output((p.batch, p.in_channels, *p.in_size), dtype=dy.dtype, device=dy.device,
                     memory_format=input_format)
     launch(conv3d_dgrad_kernel, plan.grid, (channels_last(dy), channels_last(w), dx), plan.args, plan.constexprs)

@@ -26,6 +26,8 @@ from ...debug import new_output
 from ...params import Conv3dParams, memory_format_of
 from .autotune import KernelConfig, fwd_candidates, fwd_split, pick
 from .common import (
+    KERNEL_DTYPES,
+    allow_tf32,
     cdiv,
     channels_last,
     LaunchPlan,
@@ -290,23 +292,23 @@ def conv3d_fwd(
     w: (K, C/groups, T, R, S), same dtype. scale/shift: (K,) fp32 or x.dtype, contiguous.
     residual: output shape, any layout. Outputs are in x's memory format (params.memory_format_of).
     """
-    if x.dtype not in (torch.float16, torch.bfloat16, torch.float32) or w.dtype != x.dtype:
-        raise TypeError(f"triton conv3d forward needs fp16/bf16/fp32 input and weight, got {x.dtype}/{w.dtype}")
-    if tuple(x.shape) != (p.batch, p.in_channels, *p.in_size) or tuple(w.shape[:2]) != (
-        p.out_channels, p.in_channels_per_group
-    ):
+    dtype = x.dtype
+    if dtype not in KERNEL_DTYPES or w.dtype != dtype:
+        raise TypeError(f"triton conv3d forward needs fp16/bf16/fp32 input and weight, got {dtype}/{w.dtype}")
+    if x.shape != (p.batch, p.in_channels, *p.in_size) or w.shape[:2] != (p.out_channels, p.in_channels_per_group):
         raise ValueError(f"input {tuple(x.shape)} / weight {tuple(w.shape)} do not match {p}")
-    if residual is not None and tuple(residual.shape) != p.out_shape:
+    if residual is not None and residual.shape != p.out_shape:
         raise ValueError(f"residual shape {tuple(residual.shape)} != output shape {p.out_shape}")
     if not (store_out or store_conv or stats):
         raise ValueError("conv3d_fwd called with nothing to produce")
     fmt = memory_format_of(x)
-    flags = dict(HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None, HAS_RES=residual is not None,
-                 RELU=relu, STORE_OUT=store_out, STORE_CONV=store_conv, STATS=stats, **dot_flags(x.dtype))
-    key = (p, x.dtype, x.device, fmt, None if residual is None else residual.stride(), config,
-           tuple(flags.values()))
+    # the plan key holds every flag the kernel is specialised on, TF32 included (torch's flag may change)
+    key = (p, dtype, x.device, fmt, None if residual is None else residual.stride(), config, scale is None,
+           shift is None, relu, store_out, store_conv, stats, dtype == torch.float32 and allow_tf32())
     plan = _plans.get(key)
     if plan is None:
+        flags = dict(HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None, HAS_RES=residual is not None,
+                     RELU=relu, STORE_OUT=store_out, STORE_CONV=store_conv, STATS=stats, **dot_flags(dtype))
         cfg = config or pick(
             "fwd", p, x.dtype, x.device, fwd_candidates(p, x.dtype, x.device),
             lambda c: conv3d_fwd(x, w, p, scale=scale, shift=shift, residual=residual, relu=relu,
@@ -314,8 +316,8 @@ def conv3d_fwd(
         )
         plan = _plans[key] = _fwd_plan(p, cfg, fmt, residual, flags, x.device)
     xc, wc = channels_last(x), channels_last(w)
-    out = new_output(p.out_shape, dtype=x.dtype, device=x.device, memory_format=fmt) if store_out else None
-    conv = new_output(p.out_shape, dtype=x.dtype, device=x.device, memory_format=fmt) if store_conv else None
+    out = new_output(p.out_shape, dtype=dtype, device=x.device, memory_format=fmt) if store_out else None
+    conv = new_output(p.out_shape, dtype=dtype, device=x.device, memory_format=fmt) if store_conv else None
     tile_sum = tile_m2 = None
     if stats:
         tile_sum = new_output((plan.row_tiles, p.out_channels), dtype=torch.float32, device=x.device)

@@ -18,6 +18,7 @@ from ...debug import new_output
 from ...params import Conv3dParams, memory_format_of
 from .autotune import KernelConfig, pick, wgrad_candidates, wgrad_split
 from .common import (
+    allow_tf32,
     INTERPRETED,
     LaunchPlan,
     cdiv,
@@ -177,13 +178,13 @@ def conv3d_wgrad(dy: torch.Tensor, x: torch.Tensor, w: torch.Tensor, p: Conv3dPa
     if not (dy.dtype == x.dtype == w.dtype) or dy.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         raise TypeError(f"triton wgrad needs matching fp16/bf16/fp32 tensors, got {dy.dtype}/{x.dtype}/{w.dtype}")
     fmt = memory_format_of(w)
-    flags = dot_flags(dy.dtype)
-    key = (p, dy.dtype, dy.device, fmt, config, tuple(flags.values()))
+    # TF32 is the one dot flag that can change at run time (torch's flag); the others follow the dtype
+    key = (p, dy.dtype, dy.device, fmt, config, dy.dtype == torch.float32 and allow_tf32())
     plan = _plans.get(key)
     if plan is None:
         cfg = config or pick("wgrad", p, dy.dtype, dy.device, wgrad_candidates(p, dy.dtype, dy.device),
                              lambda c: conv3d_wgrad(dy, x, w, p, config=c))
-        plan = _plans[key] = _wgrad_plan(p, cfg, fmt, flags, dy.device)
+        plan = _plans[key] = _wgrad_plan(p, cfg, fmt, dot_flags(dy.dtype), dy.device)
     split = plan.grid[2]
     dw = new_output(tuple(w.shape), dtype=w.dtype, device=w.device, memory_format=fmt)
     dst = dw if split == 1 else new_output((split * p.out_channels, *w.shape[1:]), dtype=torch.float32,
