@@ -244,23 +244,18 @@ def probe_grouped():
         (128, (8, 28, 28), 1), (256, (4, 14, 14), 1), (512, (2, 7, 7), 1), (1024, (1, 4, 4), 1),
         (512, (4, 14, 14), 2)]
     n, groups = (1, 8) if SMOKE else (8, 32)
+    # Each tiling is one Triton compile (~1-2 s on the GPU host; shapes are runtime arguments, but the loop
+    # kind a tiling takes on a shape is a constexpr): ~30 compiles in all, so the lists stay short.
     configs = [autotune.KernelConfig(16, 16, 64, 4, 3)] if SMOKE else [
-        # the W_RUNS loop (one (t, r) filter row of S*CT channels per K step: 9 steps instead of 27),
-        # the heuristic since session 5 where fewer than 4 programs per SM run (stages 3-4); 16-wide
-        # tiles take 1 (CT = 16) or 4 groups, 32-wide ones 1 (stage 4) or 8
+        # W_RUNS (one (t, r) filter row of S*CT channels per K step: 9 steps instead of 27), the
+        # heuristic since session 5 where fewer than 4 programs per SM run (stages 3-4)
         autotune.KernelConfig(64, 16, 64, 4, 3), autotune.KernelConfig(32, 16, 64, 4, 3),
-        autotune.KernelConfig(128, 16, 64, 4, 3), autotune.KernelConfig(64, 16, 64, 4, 4),
-        # deeper pipelines: the loops are latency-bound (stage 1 too: 143 us where its bytes take ~13)
-        autotune.KernelConfig(64, 16, 64, 4, 5), autotune.KernelConfig(128, 16, 64, 4, 4),
-        autotune.KernelConfig(32, 32, 128, 4, 3), autotune.KernelConfig(64, 32, 128, 4, 3),
-        # the tap-aligned loop: the heuristic before (and still for stages 1-2)
-        autotune.KernelConfig(64, 16, 16, 4, 3), autotune.KernelConfig(128, 16, 16, 4, 3),
-        autotune.KernelConfig(32, 16, 16, 4, 3), autotune.KernelConfig(64, 32, 32, 4, 3),
-        autotune.KernelConfig(32, 32, 32, 4, 3), autotune.KernelConfig(64, 32, 16, 4, 3),
-        # 5 stages = 4 gathers in flight per program instead of 2 (shared memory only, 56-72 registers)
-        autotune.KernelConfig(128, 16, 16, 4, 5), autotune.KernelConfig(64, 16, 16, 4, 5),
-        # flattened K steps across taps, and split-K
-        autotune.KernelConfig(64, 64, 32, 4, 3), autotune.KernelConfig(64, 32, 32, 4, 3, split_k=2),
+        autotune.KernelConfig(128, 16, 64, 4, 3), autotune.KernelConfig(64, 16, 64, 4, 5),
+        autotune.KernelConfig(32, 32, 128, 4, 3),
+        # the tap-aligned loop: the heuristic before (64x16x16 stage 3, 64x32x32 + split-K stage 4; still
+        # 128x16x16 for stages 1-2), and a 5-stage pipeline (4 gathers in flight instead of 2)
+        autotune.KernelConfig(64, 16, 16, 4, 3), autotune.KernelConfig(64, 32, 32, 4, 3),
+        autotune.KernelConfig(128, 16, 16, 4, 5),
     ]
     from video3d_fast.ops.backends.triton import conv3d_dgrad
 
@@ -288,12 +283,9 @@ def probe_grouped():
         row("grouped", label + " cuDNN dgrad+wgrad", ms(cudnn_bwd))
         dgrad_configs = [None] + ([autotune.KernelConfig(16, 16, 64, 4, 3)] if SMOKE else [
             # W_RUNS (stride 1 only; the heuristic for stages 3-4 since session 5), then tap-aligned tiles
-            autotune.KernelConfig(64, 16, 64, 4, 3), autotune.KernelConfig(32, 16, 64, 4, 3),
-            autotune.KernelConfig(32, 32, 128, 4, 3), autotune.KernelConfig(64, 16, 16, 4, 3),
-            autotune.KernelConfig(64, 32, 16, 4, 3), autotune.KernelConfig(32, 32, 16, 4, 3),
-            autotune.KernelConfig(128, 32, 32, 4, 3),
-            # 5 stages = 4 gathers in flight per program instead of 2 (the loops are latency-bound)
-            autotune.KernelConfig(128, 16, 16, 4, 5), autotune.KernelConfig(64, 16, 64, 4, 5)])
+            autotune.KernelConfig(64, 16, 64, 4, 3), autotune.KernelConfig(32, 32, 128, 4, 3),
+            autotune.KernelConfig(64, 16, 16, 4, 3), autotune.KernelConfig(64, 32, 32, 4, 3),
+            autotune.KernelConfig(128, 16, 16, 4, 5)])
         for cfg in dgrad_configs:
             plan_cfg = cfg or autotune.dgrad_candidates(p, DT, x.device)[0]
             plan = conv3d_dgrad._dgrad_plan(p, plan_cfg, CL, {})
@@ -304,12 +296,10 @@ def probe_grouped():
         # wgrad: dy is re-read once per column block. W_RUNS blocks (one (t, r) filter row of S*CT columns,
         # the heuristic since session 5) take 9 blocks; tap blocks (the heuristic before) 27
         bwd_configs = [None] + ([] if SMOKE else [
-            autotune.KernelConfig(16, 64, 64, 4, 3), autotune.KernelConfig(32, 64, 64, 4, 3),
-            autotune.KernelConfig(32, 128, 32, 4, 3), autotune.KernelConfig(16, 128, 32, 4, 3),
-            autotune.KernelConfig(16, 16, 64, 4, 3), autotune.KernelConfig(32, 32, 64, 4, 3),
-            autotune.KernelConfig(16, 128, 32, 4, 3, split_k=8),
-            # the split heuristic gives small tiles 8 programs per SM since session 5 (stage 1: 4 -> 15)
-            autotune.KernelConfig(16, 64, 64, 4, 3, split_k=4), autotune.KernelConfig(16, 64, 64, 4, 3, split_k=32)])
+            autotune.KernelConfig(16, 16, 64, 4, 3),  # tap blocks: the heuristic before
+            # W_RUNS blocks with the split before (2 programs per SM) and a larger one; wider rows
+            autotune.KernelConfig(16, 64, 64, 4, 3, split_k=4), autotune.KernelConfig(16, 64, 64, 4, 3, split_k=32),
+            autotune.KernelConfig(32, 128, 32, 4, 3)])
         for cfg in bwd_configs:
             plan_cfg = cfg or autotune.wgrad_candidates(p, DT, x.device)[0]
             plan = conv3d_wgrad._wgrad_plan(p, plan_cfg, CL, {}, x.device)
