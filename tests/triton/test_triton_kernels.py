@@ -321,3 +321,55 @@ def test_default_configs_are_power_of_two_tiles_with_four_warps():
             for b in (cfg.block_m, cfg.block_n, cfg.block_k):
                 assert b >= 16 and b & (b - 1) == 0, cfg
             assert cfg.num_warps == 4, cfg
+
+
+# Odd grouped problems for the W_RUNS loops: (N, C, K, size, kernel, stride, padding, dilation, groups).
+# Uneven kernels (S = 2), per-axis strides/padding/dilation, channel counts per group that are not powers of
+# two (no vector hints then) and a 1x1x1 conv (one K step per filter row).
+ROW_RUN_PROBLEMS = [
+    (2, 24, 24, (3, 5, 6), (2, 3, 2), (1, 1, 1), (1, 0, 1), (1, 1, 2), 2),  # CT = 12, S = 2
+    (1, 32, 48, (4, 6, 7), (3, 3, 3), (1, 2, 1), (1, 1, 2), (1, 1, 2), 4),  # K/g = 12 > C/g = 8, strided H
+    (1, 16, 16, (5, 4, 9), (3, 1, 3), (1, 1, 1), (0, 0, 1), (2, 1, 3), 4),  # dilation 3 in W, R = 1
+    (2, 32, 32, (2, 3, 3), (1, 1, 1), (1, 1, 1), (0, 0, 0), (1, 1, 1), 8),  # 1x1x1 grouped
+]
+
+
+@pytest.mark.parametrize("problem", ROW_RUN_PROBLEMS)
+def test_row_run_loops_on_odd_grouped_problems(problem):
+    """Each kernel with a tile that takes its W_RUNS loop (dgrad only at stride 1) equals float64 ATen."""
+    autotune, conv3d_fwd, conv3d_dgrad, conv3d_wgrad, grouped = _kernels()
+    n, c, k, size, kernel, stride, padding, dilation, groups = problem
+    g = torch.Generator().manual_seed(sum(size) + groups)
+    x = torch.randn(n, c, *size, generator=g)
+    w = torch.randn(k, c // groups, *kernel, generator=g) / (c // groups * 27) ** 0.5
+    p = ops.make_params(x, w, stride, padding, dilation, groups)
+    dy = torch.randn(p.out_shape, generator=g)
+    x, w, dy = (apply_layout(t, "ndhwc").to(DEVICE) for t in (x, w, dy))
+    s = p.kernel[2]
+
+    def row_run_cfg(out_per_group, red_per_group, block):
+        """(block, width) so that a block of `block` output columns makes the S*CT run narrower than width."""
+        ct = grouped.group_tiling(groups, out_per_group, red_per_group, block).red_per_tile
+        return ct, max(16, 1 << (s * ct - 1).bit_length())
+
+    ct, bk = row_run_cfg(p.out_channels_per_group, p.in_channels_per_group, 16)
+    fwd_cfg = autotune.KernelConfig(16, 16, bk if ct % bk else 2 * bk)
+    assert conv3d_fwd.w_runs(p, fwd_cfg, _tiling(p, fwd_cfg, "fwd")[0])
+    ct, bn = row_run_cfg(p.out_channels_per_group, p.in_channels_per_group, 16)
+    wgrad_cfg = autotune.KernelConfig(16, bn, 32, split_k=2)
+    # (a 1x1x1 filter row is one tap: its CT columns fill a block exactly, the tap-aligned case)
+    assert conv3d_wgrad.w_runs(p, wgrad_cfg, _tiling(p, wgrad_cfg, "wgrad")[0]) or p.kernel == (1, 1, 1)
+    with poison_outputs():
+        out = conv3d_fwd.conv3d_fwd(x, w, p, config=fwd_cfg).out
+        gw = conv3d_wgrad.conv3d_wgrad(dy, x, w, p, config=wgrad_cfg)
+    gx_ref, gw_ref = _aten_grads(x, w, dy, p)
+    ref = torch.nn.functional.conv3d(x.double(), w.double(), None, p.stride, p.padding, p.dilation, p.groups)
+    assert_close(out, ref, torch.float32, "forward")
+    assert_close(gw, gw_ref, torch.float32, "wgrad")
+    if p.stride == (1, 1, 1):
+        ct, bk = row_run_cfg(p.in_channels_per_group, p.out_channels_per_group, 16)
+        dgrad_cfg = autotune.KernelConfig(16, 16, bk if ct % bk else 2 * bk)
+        assert conv3d_dgrad.w_runs(p, dgrad_cfg, _tiling(p, dgrad_cfg, "dgrad")[0])
+        with poison_outputs():
+            gx = conv3d_dgrad.conv3d_dgrad(dy, w, p, torch.channels_last_3d, config=dgrad_cfg)
+        assert_close(gx, gx_ref, torch.float32, "dgrad")
