@@ -117,6 +117,14 @@ def _gemm_tile_candidates(rows: int, out_per_group: int, red_per_group: int, gro
     return [first] + [c for c in others if c != first]
 
 
+def _row_run_block(ct: int, width: int) -> Optional[int]:
+    """The K-step (or wgrad column-block) width holding one filter row of ``width`` * CT channels as
+    ``width`` runs that load as vectors (CT a power of two >= 8: the kernels' RUN_C hint), or None."""
+    if width < 2 or ct < 8 or ct & (ct - 1) or width * ct > 128:
+        return None
+    return next_pow2(width * ct)
+
+
 def _grouped_row_run_tile(rows: int, out_per_group: int, red_per_group: int, groups: int, total_out: int,
                           width: int, dtype: torch.dtype, device: torch.device) -> Optional[KernelConfig]:
     """The W_RUNS tile of a grouped conv's fprop or dgrad (conv3d_fwd.w_runs, conv3d_dgrad.w_runs), or
@@ -128,14 +136,13 @@ def _grouped_row_run_tile(rows: int, out_per_group: int, red_per_group: int, gro
     pipeline when CT is a power of two >= 8 (the run width is a constexpr there): sm_90 compiles show
     cp.async 16-byte copies and 48-136 registers. Deep grouped layers (ResNeXt stages 3-4: 64-416 tiles
     at batch 8) are latency-bound on those serial K steps."""
-    if groups == 1 or width < 2:
+    if groups == 1:
         return None
     bn = _out_block(out_per_group, groups, total_out, 128)
     tiling = group_tiling(groups, out_per_group, red_per_group, bn)
-    ct = tiling.red_per_tile
-    if ct < 8 or ct & (ct - 1) or width * ct > 128:
+    bk = _row_run_block(tiling.red_per_tile, width)
+    if bk is None:
         return None
-    bk = next_pow2(width * ct)
     # 64 rows while that still gives 2 programs per SM; fp32 operands at 128-wide K steps need 32 rows
     # (64x32x128 fp32 compiles to 254 registers on sm_90)
     big = cdiv(rows, 64) * tiling.num_tiles >= 2 * _sm_count(device)
@@ -201,12 +208,11 @@ def wgrad_candidates(p: Conv3dParams, dtype: torch.dtype, device: torch.device) 
     bk = 64 if bm * bn <= 64 * 64 else 32
     tiles = [KernelConfig(bm, bn, _half_k_for_fp32(bk, dtype), 4, 3),
              KernelConfig(bm, bn, _half_k_for_fp32(64 if bk == 32 else 32, dtype), 4, 3)]
-    run = p.kernel[2] * ct
-    if p.groups > 1 and p.kernel[2] > 1 and ct >= 8 and not ct & (ct - 1) and run <= 128:
-        # grouped: column blocks of one (t, r) filter row (conv3d_wgrad.w_runs, vector loads for CT a
-        # power of two): dy, re-read once per column block, is read 9 times instead of 27
+    runs_bn = _row_run_block(ct, p.kernel[2]) if p.groups > 1 else None
+    if runs_bn is not None:
+        # grouped: column blocks of one (t, r) filter row (conv3d_wgrad.w_runs): dy, re-read once per
+        # column block, is read 9 times instead of 27
         # (32x128x64 bf16 / 32x128x32 fp32 spill 8 bytes on sm_90: 32 / 16 position steps there)
-        runs_bn = next_pow2(run)
         tiles.insert(0, KernelConfig(bm, runs_bn, _half_k_for_fp32(64 if bm * runs_bn < 64 * 64 else 32, dtype),
                                      4, 3))
     return tiles

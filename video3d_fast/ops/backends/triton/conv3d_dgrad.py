@@ -238,8 +238,7 @@ _plans: Dict[tuple, LaunchPlan] = {}
 def w_runs(p: Conv3dParams, cfg: KernelConfig, tiling) -> bool:
     """The row-segment K loop (W_RUNS, as in conv3d_fwd): stride 1 (one phase, every tap), the tile's
     output-gradient channels per tap (KT) narrower than a K step, and a whole (s, k) run of S*KT fits one."""
-    return (p.stride == (1, 1, 1) and tiling.red_per_tile % cfg.block_k != 0
-            and p.kernel[2] * tiling.red_per_tile <= cfg.block_k)
+    return p.stride == (1, 1, 1) and tiling.row_run_fits(p.kernel[2], cfg.block_k)
 
 
 def _dgrad_plan(p: Conv3dParams, cfg: KernelConfig, input_format, flags: dict) -> LaunchPlan:

@@ -310,7 +310,7 @@ def conv3d_fwd(
         flags = dict(HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None, HAS_RES=residual is not None,
                      RELU=relu, STORE_OUT=store_out, STORE_CONV=store_conv, STATS=stats, **dot_flags(dtype))
         cfg = config or pick(
-            "fwd", p, x.dtype, x.device, fwd_candidates(p, x.dtype, x.device),
+            "fwd", p, dtype, x.device, fwd_candidates(p, dtype, x.device),
             lambda c: conv3d_fwd(x, w, p, scale=scale, shift=shift, residual=residual, relu=relu,
                                  store_out=store_out, store_conv=store_conv, stats=stats, config=c),
         )
@@ -354,7 +354,7 @@ def w_runs(p: Conv3dParams, cfg: KernelConfig, tiling) -> bool:
     """The row-segment K loop (W_RUNS): the tile's channels per tap (CT) are narrower than a K step and
     a whole (s, c) run of S*CT channels fits one: the C=3 stem (S*C = 21 of 32), and grouped tiles
     (ResNeXt: CT = 16 -> 48 of 64), which then walk the T*R = 9 filter rows instead of 27 taps."""
-    return tiling.red_per_tile % cfg.block_k != 0 and p.kernel[2] * tiling.red_per_tile <= cfg.block_k
+    return tiling.row_run_fits(p.kernel[2], cfg.block_k)
 
 
 def _fwd_plan(p: Conv3dParams, cfg: KernelConfig, fmt, residual: Optional[torch.Tensor], flags: dict,

@@ -234,5 +234,4 @@ def w_runs(p: Conv3dParams, cfg: KernelConfig, tiling) -> bool:
     dy is re-read once per column block: 9 blocks instead of 27 tap blocks for a grouped 3x3x3 conv.
     Wider blocks take the flattened loop: on the ResNeXt-101 stem (H200, bf16) 128x64x32 flattened ran
     3.24 ms against 5.25 ms for one 21-column row per 32-wide block."""
-    row = p.kernel[2] * tiling.red_per_tile
-    return tiling.red_per_tile % cfg.block_n != 0 and row <= cfg.block_n < 2 * row
+    return tiling.row_run_fits(p.kernel[2], cfg.block_n) and cfg.block_n < 2 * p.kernel[2] * tiling.red_per_tile

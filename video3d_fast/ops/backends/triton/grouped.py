@@ -56,6 +56,11 @@ class GroupTiling:
     def block_diagonal(self) -> bool:
         return self.groups_per_tile > 1
 
+    def row_run_fits(self, width: int, block: int) -> bool:
+        """Whether one filter row's ``width`` * CT (s, c) pairs fit a ``block``-wide K step (or wgrad
+        column block) that one tap's CT channels would leave partly empty: the kernels' W_RUNS loops."""
+        return self.red_per_tile % block != 0 and width * self.red_per_tile <= block
+
     def kernel_args(self) -> tuple:
         """(groups, out_per_group, red_per_group, GB, NB), the kernels' positional group arguments."""
         return self.groups, self.out_per_group, self.red_per_group, self.groups_per_tile, self.tiles_per_group
