@@ -98,7 +98,31 @@ def test_float_arguments_are_not_specialised_and_reach_the_compiled_kernel(direc
     x = torch.randn(16)
     consts = dict(BLOCK=16, FLAG=True)
     for factor in (0.5, 1 / 3, 0.25):
-        common.launch(k, (1,), (x, x), (16, factor), consts)
+        common.launch(k, (1,), (x, x), (16,), consts, floats=(factor,))
     assert [c[0] for c in k.calls] == ["jit", "direct", "direct"]
-    assert [c[3][2:4] for c in k.calls[1:]] == [(16, 1 / 3), (16, 0.25)]
+    assert k.calls[0][2] == (x, x, 16, 0.5)
+    assert [c[3][2:] for c in k.calls[1:]] == [(16, 1 / 3, 16, True), (16, 0.25, 16, True)]
     assert len(common._compiled) == 1
+
+
+def test_a_float_among_the_integer_arguments_is_refused(direct):
+    """Integer arguments are part of the cache key as they are: a float there would make one entry per value."""
+    k = _Kernel(with_float=True)
+    x = torch.randn(16)
+    with pytest.raises(TypeError, match="floats="):
+        common.launch(k, (1,), (x, x), (16, 0.5), dict(BLOCK=16, FLAG=True))
+    assert k.calls == []
+
+
+def test_a_plan_token_stands_for_its_arguments_in_the_key(direct):
+    """Launches of a LaunchPlan key on its token: the same plan goes direct from its second launch, another
+    plan with the same arguments takes the JIT once (tokens are unique), and tensors still count."""
+    k = _Kernel()
+    x, y = torch.randn(64), torch.randn(64)
+    plans = [common.LaunchPlan(None, (2,), (64,), dict(BLOCK=32, FLAG=False)) for _ in range(2)]
+    assert plans[0].token != plans[1].token and plans[0] == plans[1]
+    for plan in (plans[0], plans[0], plans[1], plans[1]):
+        common.launch(k, plan.grid, (x, y), plan.args, plan.constexprs, plan_token=plan.token)
+    common.launch(k, plans[0].grid, (x.double(), y), plans[0].args, plans[0].constexprs, plan_token=plans[0].token)
+    assert [c[0] for c in k.calls] == ["jit", "direct", "jit", "direct", "jit"]
+    assert k.calls[1][3] == (x, y, 64, 32, False)

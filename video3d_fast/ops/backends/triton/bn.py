@@ -142,8 +142,8 @@ def bn_finalize(tile_sum: torch.Tensor, tile_m2: torch.Tensor, rows_per_tile: in
     block_c = min(FINALIZE_CHANNELS, max(16, next_pow2(K)))
     run_t, run_f, has_running = _running_args(running, stats, count)
     launch(bn_finalize_kernel, (cdiv(K, block_c),), (tile_sum, tile_m2, gamma, beta, stats, *run_t),
-           (num_tiles, rows_per_tile, count, K, float(eps), *run_f),
-           dict(RUNNING=has_running, BLOCK_T=FINALIZE_TILES, BLOCK_C=block_c))
+           (num_tiles, rows_per_tile, count, K), dict(RUNNING=has_running, BLOCK_T=FINALIZE_TILES, BLOCK_C=block_c),
+           floats=(float(eps), *run_f))
     return stats
 
 
@@ -201,13 +201,14 @@ def channel_affine_act(c: torch.Tensor, stats: torch.Tensor, residual: Optional[
     if finalize is not None:
         tile_sum, tile_m2, rows_per_tile, gamma, beta, eps, running = finalize
         run_t, run_f, has_running = _running_args(running, stats, M)
-        fin_t, fin_a = (tile_sum, tile_m2, gamma, beta, *run_t), (tile_sum.shape[0], rows_per_tile, float(eps), *run_f)
+        fin_t, fin_a = (tile_sum, tile_m2, gamma, beta, *run_t), (tile_sum.shape[0], rows_per_tile)
+        fin_f = (float(eps), *run_f)
     else:
-        fin_t, fin_a, has_running = (stats,) * 6, (0, 1, 0.0, 0.0, 1.0), False
+        fin_t, fin_a, fin_f, has_running = (stats,) * 6, (0, 1), (0.0, 0.0, 1.0), False
     launch(channel_affine_act_kernel, (cdiv(M, bm), cdiv(K, bc)), (c, res, out, stats, *fin_t),
            (M, K, Dd, Hh, Ww, *ndhwc_strides(c), *ndhwc_strides(res), *ndhwc_strides(out), *fin_a),
            dict(HAS_RES=residual is not None, RELU=relu, FINALIZE=finalize is not None, RUNNING=has_running,
-                BLOCK_T=APPLY_FINALIZE_TILES, BLOCK_M=bm, BLOCK_C=bc))
+                BLOCK_T=APPLY_FINALIZE_TILES, BLOCK_M=bm, BLOCK_C=bc), floats=fin_f)
     return out
 
 
@@ -320,8 +321,8 @@ def grad_sums(grad: torch.Tensor, out: Optional[torch.Tensor], relu: bool, c: Op
     block_c = min(FINALIZE_CHANNELS, max(16, next_pow2(width)))
     launch(sum_tiles_kernel, (cdiv(width, block_c),),
            (partials, first, first if second is None else second, var if var is not None else first),
-           (tiles, width, K, float(eps)),
-           dict(INVSTD_SECOND=var is not None, BLOCK_T=FINALIZE_TILES, BLOCK_C=block_c))
+           (tiles, width, K), dict(INVSTD_SECOND=var is not None, BLOCK_T=FINALIZE_TILES, BLOCK_C=block_c),
+           floats=(float(eps),))
     return first, second
 
 
@@ -329,12 +330,13 @@ def grad_sums(grad: torch.Tensor, out: Optional[torch.Tensor], relu: bool, c: Op
 def grad_prologue_kernel(
     g_ptr, out_ptr, c_ptr, gc_ptr, gz_ptr,
     coef_ptr, mean_ptr, var_ptr, sum_g_ptr, sum_gx_ptr,
-    M, K, Dd, Hh, Ww, count, eps,
+    M, K, Dd, Hh, Ww,
     g_sn, g_sd, g_sh, g_sw, g_sc,
     o_sn, o_sd, o_sh, o_sw, o_sc,
     c_sn, c_sd, c_sh, c_sw, c_sc,
     gc_sn, gc_sd, gc_sh, gc_sw, gc_sc,
     z_sn, z_sd, z_sh, z_sw, z_sc,
+    count, eps,
     RELU: tl.constexpr, BN: tl.constexpr, STORE_GC: tl.constexpr, STORE_GZ: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
@@ -390,9 +392,10 @@ def grad_prologue(grad: torch.Tensor, out: torch.Tensor, relu: bool, coef: torch
     gz_t = gz if gz is not None else grad
     launch(grad_prologue_kernel, (cdiv(M, bm), cdiv(K, bc)),
            (grad, out, c, gc_t, gz_t, coef, mean, var, sum_g, sum_gx),
-           (M, K, Dd, Hh, Ww, float(M), float(eps), *ndhwc_strides(grad), *ndhwc_strides(out), *ndhwc_strides(c),
+           (M, K, Dd, Hh, Ww, *ndhwc_strides(grad), *ndhwc_strides(out), *ndhwc_strides(c),
             *ndhwc_strides(gc_t), *ndhwc_strides(gz_t)),
-           dict(RELU=relu, BN=bn is not None, STORE_GC=store_gc, STORE_GZ=gz is not None, BLOCK_M=bm, BLOCK_C=bc))
+           dict(RELU=relu, BN=bn is not None, STORE_GC=store_gc, STORE_GZ=gz is not None, BLOCK_M=bm, BLOCK_C=bc),
+           floats=(float(M), float(eps)))
     return gc, gz
 
 
@@ -410,12 +413,13 @@ FUSED_BACKWARD_MAX_ROWS = 2048
 @triton.jit(do_not_specialize=ROWS_ARGS)
 def bn_backward_kernel(
     g_ptr, out_ptr, c_ptr, gc_ptr, gz_ptr, gamma_ptr, mean_ptr, var_ptr, sums_ptr,
-    M, K, Dd, Hh, Ww, eps,
+    M, K, Dd, Hh, Ww,
     g_sn, g_sd, g_sh, g_sw, g_sc,
     o_sn, o_sd, o_sh, o_sw, o_sc,
     c_sn, c_sd, c_sh, c_sw, c_sc,
     gc_sn, gc_sd, gc_sh, gc_sw, gc_sc,
     z_sn, z_sd, z_sh, z_sw, z_sc,
+    eps,
     RELU: tl.constexpr, STORE_GC: tl.constexpr, STORE_GZ: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
@@ -489,7 +493,8 @@ def bn_backward(grad: torch.Tensor, out: torch.Tensor, relu: bool, c: torch.Tens
     bm = 128 if INTERPRETED else 64
     bc = min(64 if INTERPRETED else 16, max(16, next_pow2(K)))
     launch(bn_backward_kernel, (cdiv(K, bc),), (grad, out, c, gc_t, gz_t, gamma, mean, var, sums),
-           (M, K, Dd, Hh, Ww, float(eps), *ndhwc_strides(grad), *ndhwc_strides(out), *ndhwc_strides(c),
+           (M, K, Dd, Hh, Ww, *ndhwc_strides(grad), *ndhwc_strides(out), *ndhwc_strides(c),
             *ndhwc_strides(gc_t), *ndhwc_strides(gz_t)),
-           dict(RELU=relu, STORE_GC=store_gc, STORE_GZ=gz is not None, BLOCK_M=bm, BLOCK_C=bc))
+           dict(RELU=relu, STORE_GC=store_gc, STORE_GZ=gz is not None, BLOCK_M=bm, BLOCK_C=bc),
+           floats=(float(eps),))
     return sums, gc, gz

@@ -10,8 +10,9 @@ Layout convention of all kernels: activations are addressed through five strides
 """
 from __future__ import annotations
 
+import itertools
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional, Tuple
 
 import torch
@@ -40,6 +41,15 @@ class LaunchPlan:
     grid: tuple
     args: tuple  # the kernel's integer arguments, in order
     constexprs: dict
+    # stands for (args, constexprs) in launch's cache key: hashing ~50 integers per launch cost ~1.5 us.
+    # A plan is launched with one kernel only.
+    token: int = field(init=False, compare=False, default=0)
+
+    def __post_init__(self):
+        object.__setattr__(self, "token", next(_plan_tokens))
+
+
+_plan_tokens = itertools.count(1)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -52,37 +62,55 @@ DIRECT_LAUNCH = (not INTERPRETED and knobs is not None
 _compiled: dict = {}
 
 
-def launch(kernel, grid: tuple, tensors: tuple, args: tuple = (), constexprs: Optional[dict] = None) -> None:
-    """``kernel[grid](*tensors, *args, **constexprs)``.
+def launch(kernel, grid: tuple, tensors: tuple, args: tuple = (), constexprs: Optional[dict] = None,
+           floats: tuple = (), plan_token: int = 0) -> None:
+    """``kernel[grid](*tensors, *args, *floats, **constexprs)``: the kernel's parameters are its tensors,
+    then its integer arguments, then its float arguments, then its constexprs.
 
     The first call of each specialisation goes through Triton's JIT, which compiles (or loads) the
     kernel and returns it; later calls launch that compiled kernel on the current stream without the
     JIT's per-argument binding. The cache key holds everything the JIT specialises on: each tensor's
     dtype and 16-byte alignment, the integer arguments (their values, a superset of what Triton
     distinguishes), the constexprs and the device. Float arguments (eps, a momentum factor) are never
-    specialised: their values stay out of the key (a cumulative-average momentum changes every step, and
-    each value would have been a JIT call and a cache entry). A launch hook (profilers) takes the JIT path.
+    specialised and stay out of the key (a cumulative-average momentum changes every step, and each value
+    would have been a JIT call and a cache entry); they travel apart from ``args`` so that the key is
+    built from the caller's tuples as they are (scanning ~50 arguments for floats cost ~9 us per launch).
+    ``plan_token`` (a LaunchPlan's token, whose args and constexprs these are) replaces them in the key.
+    A launch hook (profilers) takes the JIT path.
     """
     constexprs = constexprs or {}
     if not DIRECT_LAUNCH or _launch_hooks_set():
-        kernel[grid](*tensors, *args, **constexprs)
+        kernel[grid](*tensors, *args, *floats, **constexprs)
         return
     device = torch.cuda.current_device()
-    key = (kernel, device, tuple((t.dtype, t.data_ptr() % 16 == 0) for t in tensors),
-           tuple(float if type(a) is float else a for a in args), tuple(constexprs.items()))
+    aligned = tuple([(t.dtype, t.data_ptr() & 15 == 0) for t in tensors])
+    # id(kernel): kernels are module-level objects that live as long as the process; JITFunction.__hash__
+    # itself costs ~0.6 us
+    key = ((plan_token, device, aligned) if plan_token else
+           (id(kernel), device, aligned, args, tuple(constexprs.items())))
     hit = _compiled.get(key)
     if hit is None:
-        compiled = kernel[grid](*tensors, *args, **constexprs)
-        if hasattr(compiled, "packed_metadata") and hasattr(compiled, "function"):
-            # positional values of the constexpr parameters, in the kernel's parameter order
-            tail = tuple(constexprs[name] for name in kernel.arg_names[len(tensors) + len(args):])
-            _compiled[key] = (compiled, tail)
+        hit = _first_launch(kernel, grid, tensors, args, floats, constexprs)
+        if hit is not None:
+            _compiled[key] = hit
         return
     compiled, tail = hit
     g1 = grid[1] if len(grid) > 1 else 1
     g2 = grid[2] if len(grid) > 2 else 1
     compiled.run(grid[0], g1, g2, torch._C._cuda_getCurrentRawStream(device), compiled.function,
-                 compiled.packed_metadata, None, None, None, *tensors, *args, *tail)
+                 compiled.packed_metadata, None, None, None, *tensors, *args, *floats, *tail)
+
+
+def _first_launch(kernel, grid: tuple, tensors: tuple, args: tuple, floats: tuple, constexprs: dict):
+    """Launch through the JIT; returns (compiled kernel, constexpr values in parameter order) for the
+    direct launches that follow, or None when this Triton version's compiled kernel cannot be called."""
+    if any(type(a) is float for a in args):  # would make one cache entry per value: a launcher bug
+        raise TypeError(f"{getattr(kernel, '__name__', kernel)}: float arguments go in floats=, not args=")
+    compiled = kernel[grid](*tensors, *args, *floats, **constexprs)
+    if not (hasattr(compiled, "packed_metadata") and hasattr(compiled, "function")):
+        return None
+    # positional values of the constexpr parameters, in the kernel's parameter order
+    return compiled, tuple(constexprs[name] for name in kernel.arg_names[len(tensors) + len(args) + len(floats):])
 
 
 def _launch_hooks_set() -> bool:

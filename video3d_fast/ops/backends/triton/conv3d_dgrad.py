@@ -228,7 +228,8 @@ def conv3d_dgrad(dy: torch.Tensor, w: torch.Tensor, p: Conv3dParams, input_forma
         plan = _plans[key] = _dgrad_plan(p, cfg, input_format, dot_flags(dy.dtype))
     dx = new_output((p.batch, p.in_channels, *p.in_size), dtype=dy.dtype, device=dy.device,
                     memory_format=input_format)
-    launch(conv3d_dgrad_kernel, plan.grid, (channels_last(dy), channels_last(w), dx), plan.args, plan.constexprs)
+    launch(conv3d_dgrad_kernel, plan.grid, (channels_last(dy), channels_last(w), dx), plan.args, plan.constexprs,
+           plan_token=plan.token)
     return dx
 
 

@@ -333,10 +333,10 @@ def conv3d_fwd(
         xc if tile_sum is None else tile_sum, xc if tile_m2 is None else tile_m2,
     )
     launch(conv3d_fwd_kernel, plan.conv.grid, (xc, wc, *epilogue_ptrs, xc if ws is None else ws),
-           plan.conv.args, plan.conv.constexprs)
+           plan.conv.args, plan.conv.constexprs, plan_token=plan.conv.token)
     if ws is not None:
         launch(splitk_epilogue_kernel, plan.epilogue.grid, (ws, *epilogue_ptrs), plan.epilogue.args,
-               plan.epilogue.constexprs)
+               plan.epilogue.constexprs, plan_token=plan.epilogue.token)
     return FwdResult(out, conv, tile_sum, tile_m2, plan.conv.cfg.block_m)
 
 

@@ -189,7 +189,8 @@ def conv3d_wgrad(dy: torch.Tensor, x: torch.Tensor, w: torch.Tensor, p: Conv3dPa
     dw = new_output(tuple(w.shape), dtype=w.dtype, device=w.device, memory_format=fmt)
     dst = dw if split == 1 else new_output((split * p.out_channels, *w.shape[1:]), dtype=torch.float32,
                                            device=w.device, memory_format=fmt)
-    launch(conv3d_wgrad_kernel, plan.grid, (channels_last(dy), channels_last(x), dst), plan.args, plan.constexprs)
+    launch(conv3d_wgrad_kernel, plan.grid, (channels_last(dy), channels_last(x), dst), plan.args, plan.constexprs,
+           plan_token=plan.token)
     if split > 1:
         block = 256 if INTERPRETED else 1024
         launch(sum_splits_kernel, (cdiv(dw.numel(), block),), (dst, dw), (dw.numel(), split), dict(BLOCK=block))
