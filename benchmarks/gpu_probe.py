@@ -8,15 +8,17 @@ Sections, in the order they run (the most open question first, in case the suite
                cuDNN), fprop under the W_RUNS (9 K steps), tap-aligned (27) and flattened loops and
                split-K, dgrad and wgrad under several tilings, against cuDNN (shapes are runtime kernel
                arguments, so each tiling compiles once for all shapes). Row names say which loop ran.
-2. ``launch``: host time per call of a launch-bound layer (inference and training form) with the
+2. ``kernels``: GPU time per kernel of a training step (ours and eager cuDNN, torch.profiler) for three
+               launch-bound stage 3-4 layers: which of the 5 launches to shorten.
+3. ``launch``: host time per call of a launch-bound layer (inference and training form) with the
                direct compiled-kernel launch on and off, and whether both give identical bits.
-3. ``bnfuse``: the one-launch BN paths (finalize inside BN-apply, one-kernel BN backward) against the
+4. ``bnfuse``: the one-launch BN paths (finalize inside BN-apply, one-kernel BN backward) against the
                separate launches, at stage 1-3 sizes (their thresholds).
-4. ``stem``:   the ResNeXt-101 stem (3->128, 7x7x7, stride 1x2x2, 16x112x112, batch 8, bf16) training step
+5. ``stem``:   the ResNeXt-101 stem (3->128, 7x7x7, stride 1x2x2, 16x112x112, batch 8, bf16) training step
                split into its launches (forward with BN partials, finalize, apply, backward sums, gradient
                prologue, wgrad), the wgrad under several tilings, cuDNN's wgrad and whole step, and a
                CUDA-graph capture of our step with the full error if it fails.
-5. ``splitk``: fprop of the deep 3x3x3 layers of ResNet-50 with the split-K heuristic vs split 1 vs cuDNN.
+6. ``splitk``: fprop of the deep 3x3x3 layers of ResNet-50 with the split-K heuristic vs split 1 vs cuDNN.
 Every timed variant is checked against a float64 / cuDNN reference first. Writes DIR/gpu_probe.json and
 prints a table.
 """
@@ -237,6 +239,62 @@ def probe_launch():
         ys = it = None  # free the recorded graphs before the next variant (not del: the lambda names it)
 
 
+def probe_kernels():
+    """Where a launch-bound layer's training step spends GPU time: each kernel's time per step (CUPTI, via
+    torch.profiler), ours and eager cuDNN's, for the stage 3-4 shapes that are most of ResNeXt-101's
+    convs. The suite's table only has the sum (CUDA-graph replay), which does not say which launch to fix."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    n = 1 if SMOKE else 8
+    shapes = [("1x1x1 16->32 @2x4x4", 16, 32, 1, 1, (2, 4, 4))] if SMOKE else [
+        ("1x1x1 512->1024 @2x7x7", 512, 1024, 1, 1, (2, 7, 7)),
+        ("3x3x3 512 g32 @2x7x7", 512, 512, 3, 32, (2, 7, 7)),
+        ("1x1x1 1024->2048 @1x4x4", 1024, 2048, 1, 1, (1, 4, 4)),
+    ]
+    steps = 2 if SMOKE else 20
+    for label, c, k, ks, groups, size in shapes:
+        x = randn(n, c, *size).contiguous(memory_format=CL)
+        w = randn(k, c // groups, ks, ks, ks, scale=(ks ** 3 * c // groups) ** -0.5).contiguous(memory_format=CL)
+        gamma, beta = torch.rand(k, device=DEV) + 0.5, torch.randn(k, device=DEV) * 0.1
+        rm, rv = torch.zeros(k, device=DEV), torch.ones(k, device=DEV)
+        xl, wl, gl, bl = (t.detach().requires_grad_(True) for t in (x, w, gamma, beta))
+        dy = randn(n, k, *size).contiguous(memory_format=CL)
+        kw = dict(padding=ks // 2, groups=groups)
+
+        def ours():
+            y = ops.conv3d_batchnorm_act(xl, wl, gl, bl, rm, rv, None, None, activation="relu", backend="triton",
+                                         **kw)
+            return torch.autograd.grad(y, [xl, wl, gl, bl], dy)
+
+        def eager():
+            y = torch.relu(F.batch_norm(F.conv3d(xl, wl, **kw), rm, rv, gl, bl, True, 0.1, 1e-5))
+            return torch.autograd.grad(y, [xl, wl, gl, bl], dy)
+
+        # the smoke run (CPU) records CPU ops instead of kernels: the same plumbing
+        activity, device = ((ProfilerActivity.CPU, DeviceType.CPU) if SMOKE else
+                            (ProfilerActivity.CUDA, DeviceType.CUDA))
+        for name, step in (("ours", ours), ("eager", eager)):
+            step()
+            if not SMOKE:
+                torch.cuda.synchronize()
+            with profile(activities=[activity]) as prof:
+                for _ in range(steps):
+                    step()
+                if not SMOKE:
+                    torch.cuda.synchronize()
+            per_kernel: dict = {}
+            for e in prof.events():
+                if e.device_type == device:
+                    t, calls = per_kernel.get(e.name, (0.0, 0))
+                    per_kernel[e.name] = (t + e.time_range.elapsed_us(), calls + 1)
+            total = sum(t for t, _ in per_kernel.values())
+            row("kernels", f"{label} {name}: all kernels", total / steps / 1e3,
+                kernels_per_step=round(sum(cnt for _, cnt in per_kernel.values()) / steps, 1))
+            for kname, (t, calls) in sorted(per_kernel.items(), key=lambda item: -item[1][0])[:8]:
+                row("kernels", f"{label} {name}:  {kname[:40]}", t / steps / 1e3, per_step=round(calls / steps, 1))
+
+
 def probe_grouped():
     # (C = K, spatial size, stride) at batch 8; 32 groups
     # stage 1 (128 channels) is 9x cuDNN forward but 0.3x backward; the later stages lose both ways
@@ -356,7 +414,7 @@ def main() -> int:
     print("gpu_probe:", env, flush=True)
     # grouped first: the furthest target and never measured yet (the suite's time limit cut it in run 3);
     # splitk last: settled in runs 2-3
-    for probe in (probe_grouped, probe_launch, probe_bnfuse, probe_stem, probe_splitk):
+    for probe in (probe_grouped, probe_kernels, probe_launch, probe_bnfuse, probe_stem, probe_splitk):
         t0 = time.time()
         try:
             probe()

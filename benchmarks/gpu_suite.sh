@@ -83,7 +83,7 @@ step bench-models 140 "$OUT_DIR/gpu_suite.log" "$PY" benchmarks/gpu_bench_models
     [ -f "$f" ] && { echo; grep -E '^(#|- |\*\*)' "$f" | head -n 20; }
   done
   echo; echo "probe (benchmarks/gpu_probe.py; full table in gpu_suite.log):"
-  grep -E '^(launch|bnfuse|splitk|stem|grouped) .* ms  err' "$OUT_DIR/gpu_suite.log" | cut -c1-110 | head -n 220
+  grep -E '^(launch|kernels|bnfuse|splitk|stem|grouped) .* ms  err' "$OUT_DIR/gpu_suite.log" | cut -c1-110 | head -n 220
 } | tee -a "$SUMMARY"
 
 # A device call returns at most 8 files from its output folder: fold the small text files into the log

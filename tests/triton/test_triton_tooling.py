@@ -105,7 +105,9 @@ def _smoke_rows(script: str, result: str, tmp_path) -> list:
 @pytest.mark.slow
 def test_gpu_probe_smoke_run_checks_every_variant(tmp_path):
     rows = _smoke_rows("gpu_probe.py", "gpu_probe.json", tmp_path)
-    assert {r["section"] for r in rows} == {"launch", "bnfuse", "splitk", "stem", "grouped"}
+    assert {r["section"] for r in rows} == {"launch", "kernels", "bnfuse", "splitk", "stem", "grouped"}
+    totals = [r for r in rows if r["section"] == "kernels" and r["name"].endswith("all kernels")]
+    assert len(totals) == 2 and all(r["ms"] > 0 and r["kernels_per_step"] > 0 for r in totals), totals
     grouped = [r["name"] for r in rows if r["section"] == "grouped"]
     for op in ("fprop", "dgrad", "wgrad"):  # each with its heuristic row and the loop it ran
         assert any(f" {op} heuristic " in name and " runs" in name for name in grouped), (op, grouped)
