@@ -18,13 +18,15 @@ Sections, in the order they run (the most open question first, in case the suite
                split into its launches (forward with BN partials, finalize, apply, backward sums, gradient
                prologue, wgrad), the wgrad under several tilings, cuDNN's wgrad and whole step, and a
                CUDA-graph capture of our step with the full error if it fails.
-6. ``splitk``: fprop of the deep 3x3x3 layers of ResNet-50 with the split-K heuristic vs split 1 vs cuDNN.
+6. ``splitk``: fprop of the deep 3x3x3 layers of ResNet-50 with the split-K heuristic vs split 1 vs cuDNN,
+               and (session 6) their dgrad: split-K heuristic vs one slice vs cuDNN.
 Every timed variant is checked against a float64 / cuDNN reference first. Writes DIR/gpu_probe.json and
 prints a table.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -177,6 +179,29 @@ def probe_splitk():
             plan = conv3d_fwd._fwd_plan(p, cfg, CL, None, {"STATS": False}, x.device)
             f = lambda: conv3d_fwd.conv3d_fwd(x, w, p, scale=scale, shift=shift, relu=True, config=cfg)  # noqa: E731
             row("splitk", f"{label} ours {name}", ms(f), rel_err(f().out, ref), split=plan.conv.grid[2])
+        if (c, size) not in ((128, (4, 14, 14)), (128, (8, 28, 28)), (64, (8, 28, 28))):
+            _probe_dgrad_split(label, x, w, p, kw)
+
+
+def _probe_dgrad_split(label, x, w, p, kw):
+    """dgrad of a deep layer (16-128 output tiles, 64-400 K steps each): split-K (session 6) against one
+    slice and cuDNN's dgrad."""
+    from video3d_fast.ops.backends.triton import conv3d_dgrad
+
+    dy = randn(*p.out_shape).contiguous(memory_format=CL)
+    cudnn = lambda: torch.ops.aten.convolution_backward(  # noqa: E731
+        dy, x, w, None, list(kw["stride"]), list(kw["padding"]), [1, 1, 1], False, [0, 0, 0], 1,
+        [True, False, False])[0]
+    ref = torch.ops.aten.convolution_backward(
+        dy.double(), x.double(), w.double(), None, list(kw["stride"]), list(kw["padding"]), [1, 1, 1], False,
+        [0, 0, 0], 1, [True, False, False])[0]
+    row("splitk", label + " cuDNN dgrad", ms(cudnn), rel_err(cudnn(), ref))
+    base = autotune.dgrad_candidates(p, DT, x.device)[0]
+    for name, cfg in (("heuristic", base), ("split 1", dataclasses.replace(base, split_k=1))):
+        plan = conv3d_dgrad._dgrad_plan(p, cfg, CL, {}, x.device)
+        f = lambda: conv3d_dgrad.conv3d_dgrad(dy, w, p, CL, config=cfg)  # noqa: E731
+        row("splitk", f"{label} ours dgrad {name}", ms(f), rel_err(f(), ref),
+            split=plan.grid[2] // (p.stride[0] * p.stride[1] * p.stride[2]))
 
 
 def probe_launch():
@@ -346,8 +371,10 @@ def probe_grouped():
             autotune.KernelConfig(128, 16, 16, 4, 5)])
         for cfg in dgrad_configs:
             plan_cfg = cfg or autotune.dgrad_candidates(p, DT, x.device)[0]
-            plan = conv3d_dgrad._dgrad_plan(p, plan_cfg, CL, {})
+            plan = conv3d_dgrad._dgrad_plan(p, plan_cfg, CL, {}, x.device)
             loop = "runs" if plan.constexprs["W_RUNS"] else "aligned" if plan.constexprs["TAP_ALIGNED"] else "flat"
+            if plan.constexprs["SPLIT_K"]:
+                loop += f" split {plan.grid[2] // s ** 3}"
             name = f"{plan_cfg.block_m}x{plan_cfg.block_n}x{plan_cfg.block_k}/{plan_cfg.num_stages} {loop}"
             variant("grouped", f"{label} dgrad {'heuristic ' if cfg is None else ''}{name}",
                     lambda: conv3d_dgrad.conv3d_dgrad(dy, w, p, CL, config=cfg), gx_ref)

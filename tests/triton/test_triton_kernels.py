@@ -211,6 +211,45 @@ def test_dgrad_kernel_paths_match_aten(name, blocks, aligned, runs, diag, full):
     assert_close(gx, _aten_grads(x, w, dy, p)[0], torch.float32, "grad input")
 
 
+DGRAD_SPLIT_PATHS = [  # (problem, (block_m, block_n, block_k, split_k), slices expected)
+    ("dense", (32, 16, 16, 3), 3),  # tap-aligned: 54 K steps in 3 slices of 18
+    ("strided", (16, 16, 16, 2), 2),  # 12 stride phases with 0-4 taps: short phases leave slices empty
+    ("grouped", (32, 16, 64, 4), 3),  # W_RUNS, block-diagonal: 9 filter rows in 3 slices (4 -> 3)
+    ("grouped_s2", (32, 32, 32, 2), 2),  # flattened block-diagonal tiles, partial group block, stride 2
+]
+
+
+@pytest.mark.parametrize("name,blocks,slices", DGRAD_SPLIT_PATHS)
+def test_dgrad_split_k_equals_aten_and_the_unsplit_kernel(name, blocks, slices):
+    """Each slice writes fp32 partials into its own dx-shaped slab (every element, zeros where a phase has
+    no steps left: the slabs are poisoned), summed in slice order into dx."""
+    autotune, _, conv3d_dgrad, _, _ = _kernels()
+    x, w, dy, p = _problem(name, layout="ndhwc", seed=6)
+    cfg = autotune.KernelConfig(*blocks[:3], split_k=blocks[3])
+    plan = conv3d_dgrad._dgrad_plan(p, cfg, torch.channels_last_3d, {}, torch.device(DEVICE))
+    phases = p.stride[0] * p.stride[1] * p.stride[2]
+    assert plan.constexprs["SPLIT_K"] and plan.grid[2] == phases * slices
+    with poison_outputs():
+        gx = conv3d_dgrad.conv3d_dgrad(dy, w, p, torch.channels_last_3d, config=cfg)
+        one = conv3d_dgrad.conv3d_dgrad(dy, w, p, torch.channels_last_3d,
+                                        config=autotune.KernelConfig(*blocks[:3], split_k=1))
+    assert gx.is_contiguous(memory_format=torch.channels_last_3d)
+    assert_close(gx, _aten_grads(x, w, dy, p)[0], torch.float32, "grad input")
+    torch.testing.assert_close(gx, one, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_dgrad_split_k_in_half_precision_into_ncdhw(dtype):
+    """fp32 slabs in dx's own (NCDHW) layout; dx is rounded once from their sum."""
+    autotune, _, conv3d_dgrad, _, _ = _kernels()
+    x, w, dy, p = _problem("strided", dtype=dtype, layout="ncdhw", seed=7)
+    cfg = autotune.KernelConfig(16, 16, 16, split_k=2)
+    with poison_outputs():
+        gx = conv3d_dgrad.conv3d_dgrad(dy, w, p, torch.contiguous_format, config=cfg)
+    assert gx.dtype == dtype and gx.is_contiguous()
+    assert_close(gx, _aten_grads(x, w, dy, p)[0], dtype, "grad input")
+
+
 WGRAD_PATHS = [  # (problem, (block_m, block_n, block_k, split_k), tap_aligned, w_runs, block_diag, full_groups)
     ("dense", (16, 16, 32, 1), True, False, False, True),  # rows: 32 channels in 2 tiles; direct write
     ("dense", (32, 32, 16, 3), False, False, False, True),  # split-K over 3 position slices

@@ -16,8 +16,9 @@ import triton.language as tl
 
 from ...debug import new_output
 from ...params import Conv3dParams
-from .autotune import KernelConfig, dgrad_candidates, pick
+from .autotune import KernelConfig, dgrad_candidates, fwd_split, pick
 from .common import (
+    INTERPRETED,
     allow_tf32,
     LaunchPlan,
     cdiv,
@@ -31,6 +32,7 @@ from .common import (
     ndhwc_strides,
     split_rows,
 )
+from .conv3d_wgrad import sum_splits_kernel
 from .grouped import group_tiling, red_channels, tile_channels
 
 
@@ -57,7 +59,7 @@ def phase_offset(phase, pad, dil, stride, t):
 DGRAD_SHAPE_ARGS = [
     'D', 'H', 'W', 'Do', 'Ho', 'Wo', 'N', 'T', 'R', 'S', 'str_d', 'str_h', 'str_w', 'pad_d', 'pad_h', 'pad_w',
     'dil_d', 'dil_h', 'dil_w', 'step_d', 'step_h', 'step_w', 'groups', 'out_per_group', 'red_per_group', 'GB',
-    'NB'
+    'NB', 'steps_per_split', 'split_stride'
 ]
 
 
@@ -67,23 +69,31 @@ DGRAD_SHAPE_ARGS = [
 # GB*K/groups, channel fastest. A is gathered from the NDHWC output gradient, B is the weight read
 # as [tap, k] x [c] (block-diagonal across groups). TAP_ALIGNED as in conv3d_fwd; W_RUNS (stride 1
 # only) as well: a K step is one (t, r) filter row, whose (s, k) pairs are S runs of KT channels.
+# SPLIT_K: grid axis 2 is (slice, phase); each slice runs steps_per_split K steps of its phase and stores
+# fp32 partials into its own dx-shaped slab of dx_ptr (split_stride elements apart), summed afterwards
+# in slice order (wgrad's sum_splits_kernel): the deep layers of stages 3-4 have 16-64 output tiles and
+# 64-400 serial K steps each, latency-bound as fprop was before its split.
 @triton.jit(do_not_specialize=DGRAD_SHAPE_ARGS)
 def conv3d_dgrad_kernel(
     dy_ptr, w_ptr, dx_ptr,
     D, H, W, Do, Ho, Wo, N,
     T, R, S, str_d, str_h, str_w, pad_d, pad_h, pad_w, dil_d, dil_h, dil_w, step_d, step_h, step_w,
-    groups, out_per_group, red_per_group, GB, NB,
+    groups, out_per_group, red_per_group, GB, NB, steps_per_split, split_stride,
     y_sn, y_sd, y_sh, y_sw, y_sc,
     w_sk, w_sc, w_st, w_sr, w_ss,
     x_sn, x_sd, x_sh, x_sw, x_sc,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     TAP_ALIGNED: tl.constexpr, W_RUNS: tl.constexpr, RUN_C: tl.constexpr, BLOCK_DIAG: tl.constexpr,
-    FULL_GROUPS: tl.constexpr, EVEN_OUT: tl.constexpr,
+    FULL_GROUPS: tl.constexpr, EVEN_OUT: tl.constexpr, SPLIT_K: tl.constexpr,
     IS_FP32: tl.constexpr, TF32: tl.constexpr, UPCAST: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     phase = tl.program_id(2)
+    if SPLIT_K:
+        phases = str_d * str_h * str_w
+        slice_id = phase // phases
+        phase = phase - slice_id * phases
     p_w = phase % str_w
     p_h = (phase // str_w) % str_h
     p_d = phase // (str_w * str_h)
@@ -134,8 +144,12 @@ def conv3d_dgrad_kernel(
         if BLOCK_DIAG:  # a column's weights are zero outside its own group
             run_b_ok = run_b_ok & (run_group[:, None] == col_group[None, :])
 
+    k_begin = 0
+    if SPLIT_K:  # this slice's K steps (none for a phase with fewer steps: its slab gets zeros)
+        k_begin = slice_id * steps_per_split * BLOCK_K
+        k_total = tl.minimum(k_total, k_begin + steps_per_split * BLOCK_K)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, k_total, BLOCK_K):
+    for k0 in range(k_begin, k_total, BLOCK_K):
         if W_RUNS:
             tr = k0 // BLOCK_K
             t = tr // R
@@ -202,6 +216,8 @@ def conv3d_dgrad_kernel(
     hi = p_h + j * str_h
     wi = p_w + l * str_w
     x_row = n.to(tl.int64) * x_sn + di * x_sd + hi * x_sh + wi * x_sw
+    if SPLIT_K:
+        x_row += slice_id.to(tl.int64) * split_stride
     if EVEN_OUT:
         mask = row_mask[:, None]
     else:
@@ -225,11 +241,18 @@ def conv3d_dgrad(dy: torch.Tensor, w: torch.Tensor, p: Conv3dParams, input_forma
     if plan is None:
         cfg = config or pick("dgrad", p, dy.dtype, dy.device, dgrad_candidates(p, dy.dtype, dy.device),
                              lambda c: conv3d_dgrad(dy, w, p, input_format, config=c))
-        plan = _plans[key] = _dgrad_plan(p, cfg, input_format, dot_flags(dy.dtype))
+        plan = _plans[key] = _dgrad_plan(p, cfg, input_format, dot_flags(dy.dtype), dy.device)
     dx = new_output((p.batch, p.in_channels, *p.in_size), dtype=dy.dtype, device=dy.device,
                     memory_format=input_format)
-    launch(conv3d_dgrad_kernel, plan.grid, (channels_last(dy), channels_last(w), dx), plan.args, plan.constexprs,
+    split = plan.constexprs["SPLIT_K"] and plan.grid[2] // math.prod(p.stride)
+    # split-K: fp32 slabs shaped and laid out like dx, one per slice, then their in-order sum into dx
+    dst = dx if not split else new_output((split * p.batch, p.in_channels, *p.in_size), dtype=torch.float32,
+                                          device=dy.device, memory_format=input_format)
+    launch(conv3d_dgrad_kernel, plan.grid, (channels_last(dy), channels_last(w), dst), plan.args, plan.constexprs,
            plan_token=plan.token)
+    if split:
+        block = 256 if INTERPRETED else 1024
+        launch(sum_splits_kernel, (cdiv(dx.numel(), block),), (dst, dx), (dx.numel(), split), dict(BLOCK=block))
     return dx
 
 
@@ -242,24 +265,32 @@ def w_runs(p: Conv3dParams, cfg: KernelConfig, tiling) -> bool:
     return p.stride == (1, 1, 1) and tiling.row_run_fits(p.kernel[2], cfg.block_k)
 
 
-def _dgrad_plan(p: Conv3dParams, cfg: KernelConfig, input_format, flags: dict) -> LaunchPlan:
+def _dgrad_plan(p: Conv3dParams, cfg: KernelConfig, input_format, flags: dict, device: torch.device) -> LaunchPlan:
     tiling = group_tiling(p.groups, p.in_channels_per_group, p.out_channels_per_group, cfg.block_n)
     rows = p.batch * math.prod(cdiv(p.in_size[i], p.stride[i]) for i in range(3))
     steps = [p.stride[i] // math.gcd(p.stride[i], p.dilation[i]) for i in range(3)]
+    runs = w_runs(p, cfg, tiling)
+    # K steps of the phase with the most taps (every phase at stride 1)
+    k_steps = p.kernel[0] * p.kernel[1] if runs else cdiv(
+        math.prod(cdiv(p.kernel[i], steps[i]) for i in range(3)) * tiling.red_per_tile, cfg.block_k)
+    phases = math.prod(p.stride)
+    split = fwd_split(cdiv(rows, cfg.block_m) * tiling.num_tiles * phases, k_steps, cfg, device)
+    steps_per_split = cdiv(k_steps, split)
+    split = cdiv(k_steps, steps_per_split)  # no slice without steps in the longest phase
+    x_numel = p.batch * p.in_channels * math.prod(p.in_size)
     args = (
         *p.in_size, *p.out_size, p.batch,
         *p.kernel, *p.stride, *p.padding, *p.dilation, *steps,
-        *tiling.kernel_args(),
+        *tiling.kernel_args(), steps_per_split, x_numel if split > 1 else 0,
         *ndhwc_strides(dense_like(p.out_shape, torch.channels_last_3d)),
         *kernel_strides(dense_like((p.out_channels, p.in_channels_per_group, *p.kernel), torch.channels_last_3d)),
         *ndhwc_strides(dense_like((p.batch, p.in_channels, *p.in_size), input_format)),
     )
-    runs = w_runs(p, cfg, tiling)
     constexprs = dict(
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
         TAP_ALIGNED=tiling.red_per_tile % cfg.block_k == 0, W_RUNS=runs,
         RUN_C=tiling.red_per_tile if runs else 1, BLOCK_DIAG=tiling.block_diagonal,
-        FULL_GROUPS=tiling.full_groups, EVEN_OUT=tiling.even_out,
+        FULL_GROUPS=tiling.full_groups, EVEN_OUT=tiling.even_out, SPLIT_K=split > 1,
         **flags, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
-    return LaunchPlan(cfg, (cdiv(rows, cfg.block_m), tiling.num_tiles, math.prod(p.stride)), args, constexprs)
+    return LaunchPlan(cfg, (cdiv(rows, cfg.block_m), tiling.num_tiles, phases * split), args, constexprs)
