@@ -47,6 +47,8 @@ PROBLEMS = {
     "grouped_s2": (1, 48, 24, (4, 5, 5), (3, 3, 3), (2, 2, 2), (1, 1, 1), (1, 1, 1), 3),
     # ResNeXt stage 3-like: 16 channels per group, one group per 16-wide tile; dilated in W
     "grouped_wide": (2, 32, 32, (3, 4, 5), (3, 3, 3), (1, 1, 1), (1, 1, 2), (1, 1, 2), 2),
+    # W = 1 (a narrow network's last stage): the W stride is 0, so an (s, c) run is not dense
+    "thin": (2, 16, 16, (3, 4, 1), (3, 3, 3), (1, 1, 1), (1, 1, 1), (1, 1, 1), 1),
 }
 
 
@@ -86,6 +88,7 @@ FWD_PATHS = [
     ("stem", (32, 16, 16), False, True, False, True),  # C=3: one (t, r) filter row of 3x3 per K step
     ("stem", (32, 16, 32), False, True, False, True),
     ("stem", (64, 16, 16), False, False, False, True),  # and the flattened loop, forced (see the test)
+    ("dense", (32, 16, 64), False, True, False, True),  # W_RUNS with one contiguous run of 3*16 (DENSE_RUN)
     ("strided", (16, 16, 16), True, False, False, True),
     ("grouped", (32, 16, 16), True, False, True, True),  # 4 groups per tile, block-diagonal
     ("grouped", (64, 32, 64), False, False, True, True),
@@ -118,6 +121,62 @@ def test_fwd_kernel_paths_match_aten(name, blocks, aligned, runs, diag, full, mo
     assert_close(r.conv, c, torch.float32, "conv output")
     out = torch.relu(c * scale.double().view(1, -1, 1, 1, 1) + shift.double().view(1, -1, 1, 1, 1) + res)
     assert_close(r.out, out, torch.float32, "epilogue output")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("layout", ["ncdhw", "ndhwc"])
+def test_stem_runs_on_four_channel_rows(dtype, layout):
+    """C = 3 is padded with a zero channel so that each (s, c) run is dense and 4-aligned (DENSE_RUN, 8-byte
+    loads on the GPU); the result is the C = 3 convolution, from any input layout, in the input's format."""
+    autotune, conv3d_fwd, _, _, _ = _kernels()
+    x, w, _, p = _problem("stem", dtype=dtype, layout=layout, seed=8)
+    conv3d_fwd._plans.clear()
+    with poison_outputs():
+        r = conv3d_fwd.conv3d_fwd(x, w, p, store_conv=True, stats=True, store_out=False)
+    (key, plan), = conv3d_fwd._plans.items()
+    assert key[0].in_channels == 4 and plan.conv.constexprs["DENSE_RUN"] and plan.conv.constexprs["RUN_C"] == 4
+    assert memory_format_of(r.conv) == memory_format_of(x)
+    c = torch.nn.functional.conv3d(x.double(), w.double(), None, p.stride, p.padding, p.dilation, p.groups)
+    assert_close(r.conv, c, dtype, "conv output")
+    rows = torch.arange(p.gemm_m) // r.block_m
+    c_rows = c.permute(0, 2, 3, 4, 1).reshape(-1, p.out_channels).cpu()
+    want = torch.zeros(r.tile_sum.shape, dtype=torch.float64).index_add_(0, rows, c_rows)
+    assert_close(r.tile_sum, want, dtype, "tile sums")  # partials of the rounded conv output
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("layout", ["ncdhw", "ndhwc"])
+def test_stem_weight_gradient_on_four_channel_rows(dtype, layout):
+    """wgrad of the C = 3 stem runs on the zero-padded four-channel input (W_RUNS column blocks with
+    DENSE_RUN) and returns the three real channels in the weight's own dtype and memory format."""
+    autotune, _, _, conv3d_wgrad, _ = _kernels()
+    x, w, dy, p = _problem("stem", dtype=dtype, layout=layout, seed=9)
+    conv3d_wgrad._plans.clear()
+    with poison_outputs():
+        gw = conv3d_wgrad.conv3d_wgrad(dy, x, w, p, config=autotune.KernelConfig(16, 16, 32, split_k=2))
+    (key, plan), = conv3d_wgrad._plans.items()
+    assert key[0].in_channels == 4 and plan.constexprs["W_RUNS"] and plan.constexprs["DENSE_RUN"]
+    assert gw.shape == w.shape and gw.dtype == dtype and memory_format_of(gw) == memory_format_of(w)
+    assert_close(gw, _aten_grads(x, w, dy, p)[1], dtype, "grad weight")
+
+
+@pytest.mark.parametrize("name,dense", [("dense", True), ("thin", False)])
+def test_dense_runs_only_where_the_input_row_is_dense(name, dense):
+    """DENSE_RUN reads column j of a W_RUNS step as element j of the input row: right for C = CT with W > 1
+    (the forward and wgrad W_RUNS tiles of a 16-channel conv), wrong for W = 1, whose W stride is 0."""
+    autotune, conv3d_fwd, _, conv3d_wgrad, _ = _kernels()
+    x, w, dy, p = _problem(name, layout="ndhwc", seed=10)
+    fwd_cfg, wgrad_cfg = autotune.KernelConfig(32, 16, 64), autotune.KernelConfig(16, 64, 32, split_k=2)
+    fwd_plan = conv3d_fwd._fwd_plan(p, fwd_cfg, torch.channels_last_3d, None, {}, torch.device(DEVICE)).conv
+    wgrad_plan = conv3d_wgrad._wgrad_plan(p, wgrad_cfg, torch.channels_last_3d, {}, torch.device(DEVICE))
+    assert fwd_plan.constexprs["W_RUNS"] and wgrad_plan.constexprs["W_RUNS"]
+    assert fwd_plan.constexprs["DENSE_RUN"] == wgrad_plan.constexprs["DENSE_RUN"] == dense
+    with poison_outputs():
+        out = conv3d_fwd.conv3d_fwd(x, w, p, config=fwd_cfg).out
+        gw = conv3d_wgrad.conv3d_wgrad(dy, x, w, p, config=wgrad_cfg)
+    ref = torch.nn.functional.conv3d(x.double(), w.double(), None, p.stride, p.padding, p.dilation, p.groups)
+    assert_close(out, ref, torch.float32, "conv output")
+    assert_close(gw, _aten_grads(x, w, dy, p)[1], torch.float32, "grad weight")
 
 
 SPLIT_PATHS = [  # (problem, (block_m, block_n, block_k, split_k)): every K-loop kind, sliced

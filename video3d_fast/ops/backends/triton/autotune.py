@@ -208,6 +208,11 @@ def wgrad_candidates(p: Conv3dParams, dtype: torch.dtype, device: torch.device) 
     bk = 64 if bm * bn <= 64 * 64 else 32
     tiles = [KernelConfig(bm, bn, _half_k_for_fp32(bk, dtype), 4, 3),
              KernelConfig(bm, bn, _half_k_for_fp32(64 if bk == 32 else 32, dtype), 4, 3)]
+    if ct % 16 and p.groups == 1 and p.kernel[2] * ct <= 32:
+        # the stem on four-channel rows (conv3d_wgrad pads C = 3): a 32-wide column block is one (t, r)
+        # filter row of 7 * 4 dense channels, gathered as 8-byte vectors (DENSE_RUN): 96 registers on
+        # sm_90 at 128 rows, no spills, where the flattened 128x64x32 block spills 136 bytes
+        tiles.insert(0, KernelConfig(bm, 32, _half_k_for_fp32(64, dtype), 4, 3))
     runs_bn = _row_run_block(ct, p.kernel[2]) if p.groups > 1 else None
     if runs_bn is not None:
         # grouped: column blocks of one (t, r) filter row (conv3d_wgrad.w_runs): dy, re-read once per

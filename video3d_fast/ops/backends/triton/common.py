@@ -10,6 +10,7 @@ Layout convention of all kernels: activations are addressed through five strides
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 from dataclasses import dataclass, field
@@ -155,6 +156,28 @@ _ndhwc_cache: dict = {}
 def dense_like(shape, memory_format: torch.memory_format) -> torch.Tensor:
     """A storage-less tensor with the strides a dense ``shape`` tensor in ``memory_format`` gets."""
     return torch.empty(shape, device="meta", memory_format=memory_format)
+
+
+def four_channel_copy(t: torch.Tensor) -> torch.Tensor:
+    """An NDHWC-dense copy of a 3-channel (N, 3, D, H, W) activation or (K, 3, T, R, S) weight with a zero
+    fourth channel. The C = 3 stem runs on it: its W_RUNS (s, c) runs then start on 8-byte boundaries
+    and load as vectors (DENSE_RUN) instead of 2-byte elements; the extra channel adds zeros."""
+    t4 = torch.empty((t.shape[0], 4, *t.shape[2:]), dtype=t.dtype, device=t.device,
+                     memory_format=torch.channels_last_3d)
+    t4[:, :3] = t
+    t4[:, 3] = 0
+    return t4
+
+
+def four_channel_params(p):
+    """``p`` (a 3-input-channel Conv3dParams) with 4 input channels, memoised."""
+    hit = _four_channel_params.get(p)
+    if hit is None:
+        hit = _four_channel_params[p] = dataclasses.replace(p, in_channels=4)
+    return hit
+
+
+_four_channel_params: dict = {}
 
 
 def channels_last(t: torch.Tensor) -> torch.Tensor:

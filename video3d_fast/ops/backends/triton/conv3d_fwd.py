@@ -33,6 +33,8 @@ from .common import (
     LaunchPlan,
     dense_like,
     dot_flags,
+    four_channel_copy,
+    four_channel_params,
     gather_ndhwc,
     kernel_strides,
     launch,
@@ -64,6 +66,9 @@ FWD_SHAPE_ARGS = [
 # with BLOCK_K > CT): a K step is one (t, r) filter row, whose S*CT (s, c) pairs lie in S runs of the
 # NDHWC input row (one contiguous run when CT = C), so the per-element gather work is an add and a
 # loop-invariant mask (padding S*CT up to BLOCK_K), and a 3x3x3 conv takes 9 K steps instead of 27.
+# DENSE_RUN (W_RUNS with one group, CT = C, dilation 1 in W): that run is S*C contiguous elements in
+# both the input row and the weight row, starting at a multiple of C; the launcher pads the C = 3 stem
+# to C = 4, so its runs load as 8-byte vectors instead of 2-byte elements.
 @triton.jit(do_not_specialize=FWD_SHAPE_ARGS)
 def conv3d_fwd_kernel(
     x_ptr, w_ptr, out_ptr, conv_ptr, res_ptr, scale_ptr, shift_ptr, psum_ptr, pm2_ptr, ws_ptr,
@@ -76,7 +81,7 @@ def conv3d_fwd_kernel(
     r_sn, r_sd, r_sh, r_sw, r_sc,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     TAP_ALIGNED: tl.constexpr, W_RUNS: tl.constexpr, RUN_C: tl.constexpr, BLOCK_DIAG: tl.constexpr,
-    FULL_GROUPS: tl.constexpr, EVEN_OUT: tl.constexpr,
+    FULL_GROUPS: tl.constexpr, EVEN_OUT: tl.constexpr, DENSE_RUN: tl.constexpr,
     HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_RES: tl.constexpr, RELU: tl.constexpr,
     STORE_OUT: tl.constexpr, STORE_CONV: tl.constexpr, STATS: tl.constexpr, SPLIT_K: tl.constexpr,
     IS_FP32: tl.constexpr, TF32: tl.constexpr, UPCAST: tl.constexpr,
@@ -136,9 +141,15 @@ def conv3d_fwd_kernel(
             ih = base_h + r * dil_h
             row_ok = row_mask & (id_ >= 0) & (id_ < D) & (ih >= 0) & (ih < H)
             row_off = n_off + id_ * x_sd + ih * x_sh + base_w * x_sw
-            a = tl.load(x_ptr + row_off[:, None] + x_col[None, :], mask=row_ok[:, None] & w_ok, other=0.0)
-            b = tl.load(w_ptr + out_ch[None, :] * w_sk + (w_col + t * w_st + r * w_sr)[:, None], mask=w_b_ok,
-                        other=0.0)
+            if DENSE_RUN:  # column kr of the step is element kr of the row's run (s * C + c)
+                row_off = tl.multiple_of(row_off, RUN_C)
+                a = tl.load(x_ptr + row_off[:, None] + kr[None, :], mask=row_ok[:, None] & w_ok, other=0.0)
+                w_row = tl.multiple_of(out_ch * w_sk + t * w_st + r * w_sr, RUN_C)
+                b = tl.load(w_ptr + w_row[None, :] + kr[:, None], mask=w_b_ok, other=0.0)
+            else:
+                a = tl.load(x_ptr + row_off[:, None] + x_col[None, :], mask=row_ok[:, None] & w_ok, other=0.0)
+                b = tl.load(w_ptr + out_ch[None, :] * w_sk + (w_col + t * w_st + r * w_sr)[:, None],
+                            mask=w_b_ok, other=0.0)
         elif TAP_ALIGNED:
             tap = k0 // CT
             c0 = k0 - tap * CT  # a multiple of BLOCK_K, as is g0 * red_per_group
@@ -302,6 +313,8 @@ def conv3d_fwd(
     if not (store_out or store_conv or stats):
         raise ValueError("conv3d_fwd called with nothing to produce")
     fmt = memory_format_of(x)
+    if p.in_channels == 3 and p.groups == 1:  # the stem: dense 4-channel runs (common.four_channel_copy)
+        x, w, p = four_channel_copy(x), four_channel_copy(w), four_channel_params(p)
     # the plan key holds every flag the kernel is specialised on, TF32 included (torch's flag may change)
     key = (p, dtype, x.device, fmt, None if residual is None else residual.stride(), config, scale is None,
            shift is None, relu, store_out, store_conv, stats, dtype == torch.float32 and allow_tf32())
@@ -384,7 +397,9 @@ def _fwd_plan(p: Conv3dParams, cfg: KernelConfig, fmt, residual: Optional[torch.
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
         TAP_ALIGNED=tap_aligned, W_RUNS=runs, RUN_C=tiling.red_per_tile if runs else 1,
         BLOCK_DIAG=tiling.block_diagonal,
-        FULL_GROUPS=tiling.full_groups, EVEN_OUT=tiling.even_out, **flags, SPLIT_K=split > 1,
+        FULL_GROUPS=tiling.full_groups, EVEN_OUT=tiling.even_out,
+        DENSE_RUN=tiling.dense_run(p, runs),
+        **flags, SPLIT_K=split > 1,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     conv = LaunchPlan(cfg, (row_tiles, tiling.num_tiles, split), args, constexprs)

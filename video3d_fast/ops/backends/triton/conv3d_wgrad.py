@@ -25,6 +25,8 @@ from .common import (
     channels_last,
     dense_like,
     dot_flags,
+    four_channel_copy,
+    four_channel_params,
     gather_ndhwc,
     kernel_strides,
     launch,
@@ -53,7 +55,8 @@ WGRAD_SHAPE_ARGS = [
 # pair a channel with another group's filter are computed and dropped. TAP_ALIGNED (CT % BLOCK_N
 # == 0): a column block lies inside one tap, so the gather needs per-position coordinates only.
 # W_RUNS (C=3 stem, grouped tiles): a column block is one (t, r) filter row, S*CT columns in S runs of
-# the input row (one contiguous run when CT = C).
+# the input row (one contiguous run when CT = C). DENSE_RUN as in conv3d_fwd: that run is S*C dense
+# elements from a multiple of C (the stem on four-channel rows), loaded as vectors.
 @triton.jit(do_not_specialize=WGRAD_SHAPE_ARGS)
 def conv3d_wgrad_kernel(
     dy_ptr, x_ptr, dst_ptr,
@@ -65,8 +68,8 @@ def conv3d_wgrad_kernel(
     d_split, d_sk, d_sc, d_st, d_sr, d_ss,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     TAP_ALIGNED: tl.constexpr, W_RUNS: tl.constexpr, RUN_C: tl.constexpr, BLOCK_DIAG: tl.constexpr,
-    FULL_GROUPS: tl.constexpr, EVEN_OUT: tl.constexpr, IS_FP32: tl.constexpr, TF32: tl.constexpr,
-    UPCAST: tl.constexpr,
+    FULL_GROUPS: tl.constexpr, EVEN_OUT: tl.constexpr, DENSE_RUN: tl.constexpr, IS_FP32: tl.constexpr,
+    TF32: tl.constexpr, UPCAST: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -127,8 +130,11 @@ def conv3d_wgrad_kernel(
             row_ok = pos_mask & (id_ >= 0) & (id_ < D) & (ih >= 0) & (ih < H)
             row_off = n.to(tl.int64) * x_sn + id_ * x_sd + ih * x_sh + bw * x_sw
             iw = bw[:, None] + (s * dil_w)[None, :]
-            b = tl.load(x_ptr + row_off[:, None] + x_col[None, :],
-                        mask=row_ok[:, None] & col_mask[None, :] & (iw >= 0) & (iw < W), other=0.0)
+            if DENSE_RUN:  # column j of the block is element j of the row's run (s * C + c)
+                b_ptrs = x_ptr + tl.multiple_of(row_off, RUN_C)[:, None] + tl.arange(0, BLOCK_N)[None, :]
+            else:
+                b_ptrs = x_ptr + row_off[:, None] + x_col[None, :]
+            b = tl.load(b_ptrs, mask=row_ok[:, None] & col_mask[None, :] & (iw >= 0) & (iw < W), other=0.0)
         elif TAP_ALIGNED:
             if FULL_GROUPS:  # every column of the block is real: a row-only mask keeps loads vectorised
                 b_mask = pos_mask[:, None]
@@ -178,6 +184,11 @@ def conv3d_wgrad(dy: torch.Tensor, x: torch.Tensor, w: torch.Tensor, p: Conv3dPa
     if not (dy.dtype == x.dtype == w.dtype) or dy.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         raise TypeError(f"triton wgrad needs matching fp16/bf16/fp32 tensors, got {dy.dtype}/{x.dtype}/{w.dtype}")
     fmt = memory_format_of(w)
+    if p.in_channels == 3 and p.groups == 1:
+        # the stem on four-channel rows (common.four_channel_copy); the zero channel's gradient is dropped
+        w4 = torch.empty((p.out_channels, 4, *p.kernel), dtype=w.dtype, device="meta", memory_format=fmt)
+        dw4 = conv3d_wgrad(dy, four_channel_copy(x), w4, four_channel_params(p), config)
+        return dw4[:, :3].contiguous(memory_format=fmt)
     # TF32 is the one dot flag that can change at run time (torch's flag); the others follow the dtype
     key = (p, dy.dtype, dy.device, fmt, config, dy.dtype == torch.float32 and allow_tf32())
     plan = _plans.get(key)
@@ -186,9 +197,9 @@ def conv3d_wgrad(dy: torch.Tensor, x: torch.Tensor, w: torch.Tensor, p: Conv3dPa
                              lambda c: conv3d_wgrad(dy, x, w, p, config=c))
         plan = _plans[key] = _wgrad_plan(p, cfg, fmt, dot_flags(dy.dtype), dy.device)
     split = plan.grid[2]
-    dw = new_output(tuple(w.shape), dtype=w.dtype, device=w.device, memory_format=fmt)
+    dw = new_output(tuple(w.shape), dtype=w.dtype, device=dy.device, memory_format=fmt)
     dst = dw if split == 1 else new_output((split * p.out_channels, *w.shape[1:]), dtype=torch.float32,
-                                           device=w.device, memory_format=fmt)
+                                           device=dy.device, memory_format=fmt)
     launch(conv3d_wgrad_kernel, plan.grid, (channels_last(dy), channels_last(x), dst), plan.args, plan.constexprs,
            plan_token=plan.token)
     if split > 1:
@@ -224,6 +235,7 @@ def _wgrad_plan(p: Conv3dParams, cfg: KernelConfig, fmt, flags: dict, device: to
         TAP_ALIGNED=tiling.red_per_tile % cfg.block_n == 0, W_RUNS=runs,
         RUN_C=tiling.red_per_tile if runs else 1, BLOCK_DIAG=tiling.block_diagonal,
         FULL_GROUPS=tiling.full_groups, EVEN_OUT=tiling.even_out,
+        DENSE_RUN=tiling.dense_run(p, runs),
         **flags, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return LaunchPlan(cfg, (tiling.num_tiles, col_tiles, split), args, constexprs)

@@ -61,6 +61,13 @@ class GroupTiling:
         column block) that one tap's CT channels would leave partly empty: the kernels' W_RUNS loops."""
         return self.red_per_tile % block != 0 and width * self.red_per_tile <= block
 
+    def dense_run(self, p, runs: bool) -> bool:
+        """Whether a W_RUNS (s, c) run is S*C dense elements of the NDHWC input row and of the KTRSC weight
+        row, from a multiple of C (the kernels' DENSE_RUN): one group, CT = C, no dilation in W, and
+        W > 1 (a size-1 W gets stride 0 from kernel_strides, and the run is then not s*C + c)."""
+        return (runs and self.groups == 1 and self.red_per_tile == p.in_channels and p.dilation[2] == 1
+                and p.in_size[2] > 1)
+
     def kernel_args(self) -> tuple:
         """(groups, out_per_group, red_per_group, GB, NB), the kernels' positional group arguments."""
         return self.groups, self.out_per_group, self.red_per_group, self.groups_per_tile, self.tiles_per_group
