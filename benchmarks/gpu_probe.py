@@ -14,7 +14,7 @@ Sections, in the order they run (the most open question first, in case the suite
                CUDA-graph capture of our step with the full error if it fails. Since session 6 the stem
                runs on four-channel rows (DENSE_RUN): forward and wgrad rows show whether that paid.
 3. ``kernels``: GPU time per kernel of a training step (ours and eager cuDNN, torch.profiler) for three
-               launch-bound stage 3-4 layers: which of the 5 launches to shorten.
+               launch-bound stage 3-4 layers and stage 1's grouped conv: which launch to shorten.
 4. ``splitk``: fprop of the deep 3x3x3 layers of ResNet-50 with the split-K heuristic vs split 1 vs cuDNN,
                and (session 6) their dgrad: split-K heuristic vs one slice vs cuDNN.
 5. ``launch``: host time per call of a launch-bound layer (inference and training form) with the
@@ -269,9 +269,10 @@ def probe_launch():
 
 
 def probe_kernels():
-    """Where a launch-bound layer's training step spends GPU time: each kernel's time per step (CUPTI, via
-    torch.profiler), ours and eager cuDNN's, for the stage 3-4 shapes that are most of ResNeXt-101's
-    convs. The suite's table only has the sum (CUDA-graph replay), which does not say which launch to fix."""
+    """Where a training step spends GPU time: each kernel's time per step (CUPTI, via torch.profiler), ours
+    and eager cuDNN's, for the launch-bound stage 3-4 shapes that are most of ResNeXt-101's convs and for
+    stage 1's grouped conv, whose backward loses 3x. The suite's table only has the sum (CUDA-graph
+    replay), which does not say which launch to fix."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
@@ -280,6 +281,8 @@ def probe_kernels():
         ("1x1x1 512->1024 @2x7x7", 512, 1024, 1, 1, (2, 7, 7)),
         ("3x3x3 512 g32 @2x7x7", 512, 512, 3, 32, (2, 7, 7)),
         ("1x1x1 1024->2048 @1x4x4", 1024, 2048, 1, 1, (1, 4, 4)),
+        # stage 1's grouped conv: backward 0.485 ms against cuDNN's 0.148 (H200 run 3); which launch?
+        ("3x3x3 128 g32 @8x28x28", 128, 128, 3, 32, (8, 28, 28)),
     ]
     steps = 2 if SMOKE else 20
     for label, c, k, ks, groups, size in shapes:

@@ -2,6 +2,9 @@
 # The project's GPU suite: ONE command for the GPU machine (H100 or H200, torch 2.11 + Triton 3.6, no network).
 #   bash benchmarks/gpu_suite.sh [OUT_DIR]        (or VIDEO3D_FAST_RESULTS=OUT_DIR; default benchmarks/results/)
 #   QUICK=1 bash benchmarks/gpu_suite.sh          (fewer shapes and repetitions)
+#   QUICK=1 BATCH=32 COMPILE_MODE=max-autotune bash benchmarks/gpu_suite.sh
+#                                                 (the batch-32 and max-autotune comparisons: a
+#                                                  later run's choice, once batch 8 is measured)
 # Steps: build the extension with its CUDA kernels (JIT, installs nothing), run the `gpu` tests, run the GPU
 # microbenchmarks, the whole-network benchmark and benchmarks/gpu_probe.py, write JSON + markdown into OUT_DIR,
 # print a short table last. Each step has a time limit, and all of them together stay inside SUITE_BUDGET
@@ -16,6 +19,10 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 export VIDEO3D_FAST_CUDA=1 VIDEO3D_FAST_BUILD_DIR="${VIDEO3D_FAST_BUILD_DIR:-/tmp/video3d_fast_build}"
 export VIDEO3D_FAST_RESULTS="$OUT_DIR"
 QUICK_FLAG=""; [ "${QUICK:-0}" = "1" ] && QUICK_FLAG="--quick"
+BATCH="${BATCH:-8}"  # clips per batch of the layer and whole-network benchmarks
+COMPILE_MODE="${COMPILE_MODE:-default}"  # torch.compile mode of the layer benchmark's compiled baseline
+COMPILE_FLAG=""  # max-autotune searches Triton conv templates per shape: tens of seconds each
+[ "$COMPILE_MODE" != "default" ] && COMPILE_FLAG="--compile-budget 70"
 SUMMARY="$OUT_DIR/gpu_suite_summary.md"
 suite_start=$(date +%s)
 rm -f "$OUT_DIR/gpu_suite.log" "$OUT_DIR/gpu_tests.log"
@@ -66,14 +73,17 @@ step gpu-tests 220 "$OUT_DIR/gpu_tests.log" "$PY" -m pytest -m gpu -q -p no:cach
 
 step bench-ops 40 "$OUT_DIR/gpu_suite.log" "$PY" benchmarks/gpu_bench_ops.py --out "$OUT_DIR" $QUICK_FLAG
 if [ -f benchmarks/gpu_bench_triton.py ]; then
-  step bench-triton 120 "$OUT_DIR/gpu_suite.log" "$PY" benchmarks/gpu_bench_triton.py --out "$OUT_DIR" --budget 100 $QUICK_FLAG
+  step bench-triton 120 "$OUT_DIR/gpu_suite.log" "$PY" benchmarks/gpu_bench_triton.py --out "$OUT_DIR" --budget 100 \
+    --batch "$BATCH" --compile-mode "$COMPILE_MODE" $COMPILE_FLAG $QUICK_FLAG
 fi
-# targeted probe (grouped tilings first, ~30 compiles; then launch host time, BN fusion, stem, split-K): its
+# targeted probe (grouped tilings first, ~30 compiles; then stem, per-kernel times, split-K, launch host
+# time, BN fusion; batch 8 whatever BATCH says): its
 # table lands in gpu_suite.log; before the models benchmark, whose duration is not known yet, so the budget
 # cannot cut it. Planned: build 26 + tests ~150 (<= 220) + ops 13 + triton ~70 + probe <= 140 -> models
 # ~160 s (~90 s if the tests take their whole limit). The probe's grouped section alone is ~30 compiles.
 step probe 140 "$OUT_DIR/gpu_suite.log" "$PY" benchmarks/gpu_probe.py --out "${TMPDIR:-/tmp}/video3d_fast_probe"
-step bench-models 140 "$OUT_DIR/gpu_suite.log" "$PY" benchmarks/gpu_bench_models.py --out "$OUT_DIR" $QUICK_FLAG
+step bench-models 140 "$OUT_DIR/gpu_suite.log" "$PY" benchmarks/gpu_bench_models.py --out "$OUT_DIR" --batch "$BATCH" \
+  $QUICK_FLAG
 
 {
   echo; echo "| step | rc | time |"; echo "|---|---|---|"
