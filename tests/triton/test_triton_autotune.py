@@ -166,3 +166,16 @@ def test_weight_gradient_split_gives_small_tiles_more_programs(monkeypatch):
     assert autotune.wgrad_split(8, 9, 50176, small, cpu) == 15  # 8 * 132 / 72 tiles
     assert autotune.wgrad_split(32, 9, 784, small, cpu) == 2  # 784 positions: >= 8 steps of 64 each
     assert autotune.wgrad_split(8, 9, 50176, autotune.KernelConfig(16, 64, 64, split_k=3), cpu) == 3
+
+
+def test_input_gradient_splits_only_long_reductions(monkeypatch):
+    """dgrad takes fprop's split rule from 32 K steps up (its split costs a second launch): ResNet-50's
+    stage-4 3x3x3 (16 tiles of 432 steps) splits 16 ways, a 16-step 1x1x1 layer stays whole, and an
+    explicit split_k wins."""
+    monkeypatch.setattr(autotune, "_sm_count", lambda device: 132)
+    cpu = torch.device("cpu")
+    cfg = autotune.KernelConfig(64, 64, 64)
+    assert autotune.dgrad_split(16, 432, cfg, cpu) == autotune.fwd_split(16, 432, cfg, cpu) == 16
+    assert autotune.dgrad_split(104, 16, cfg, cpu) == 1 < autotune.fwd_split(104, 16, cfg, cpu)
+    assert autotune.dgrad_split(104, 16, autotune.KernelConfig(64, 64, 64, split_k=2), cpu) == 2
+    assert autotune.dgrad_split(200, 432, cfg, cpu) == 1  # enough tiles for the device already

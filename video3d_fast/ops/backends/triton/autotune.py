@@ -336,3 +336,12 @@ def fwd_split(tiles: int, k_steps: int, cfg: KernelConfig, device: torch.device)
     if tiles >= sms or k_steps < 16:
         return 1
     return max(1, min(cdiv(2 * sms, tiles), k_steps // 8, 16))
+
+
+def dgrad_split(tiles: int, k_steps: int, cfg: KernelConfig, device: torch.device) -> int:
+    """Split-K factor of dgrad: fprop's rule from 32 K steps up. A split costs dgrad a second launch (the
+    in-order sum of its slabs), which a chain of 16 steps (~8 us) does not repay: ResNeXt-101's 1x1x1
+    stage-3 layers stay whole, ResNet-50's stage-4 3x3x3 (16 tiles of 432 steps) splits 16 ways."""
+    if not cfg.split_k and k_steps < 32:
+        return 1
+    return fwd_split(tiles, k_steps, cfg, device)

@@ -16,7 +16,7 @@ import triton.language as tl
 
 from ...debug import new_output
 from ...params import Conv3dParams
-from .autotune import KernelConfig, dgrad_candidates, fwd_split, pick
+from .autotune import KernelConfig, dgrad_candidates, dgrad_split, pick
 from .common import (
     INTERPRETED,
     allow_tf32,
@@ -72,7 +72,7 @@ DGRAD_SHAPE_ARGS = [
 # SPLIT_K: grid axis 2 is (slice, phase); each slice runs steps_per_split K steps of its phase and stores
 # fp32 partials into its own dx-shaped slab of dx_ptr (split_stride elements apart), summed afterwards
 # in slice order (wgrad's sum_splits_kernel): the deep layers of stages 3-4 have 16-64 output tiles and
-# 64-400 serial K steps each, latency-bound as fprop was before its split.
+# 64-400 serial K steps each, latency-bound as fprop was before its split (autotune.dgrad_split).
 @triton.jit(do_not_specialize=DGRAD_SHAPE_ARGS)
 def conv3d_dgrad_kernel(
     dy_ptr, w_ptr, dx_ptr,
@@ -274,7 +274,7 @@ def _dgrad_plan(p: Conv3dParams, cfg: KernelConfig, input_format, flags: dict, d
     k_steps = p.kernel[0] * p.kernel[1] if runs else cdiv(
         math.prod(cdiv(p.kernel[i], steps[i]) for i in range(3)) * tiling.red_per_tile, cfg.block_k)
     phases = math.prod(p.stride)
-    split = fwd_split(cdiv(rows, cfg.block_m) * tiling.num_tiles * phases, k_steps, cfg, device)
+    split = dgrad_split(cdiv(rows, cfg.block_m) * tiling.num_tiles * phases, k_steps, cfg, device)
     steps_per_split = cdiv(k_steps, split)
     split = cdiv(k_steps, steps_per_split)  # no slice without steps in the longest phase
     x_numel = p.batch * p.in_channels * math.prod(p.in_size)
