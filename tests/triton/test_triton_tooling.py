@@ -118,3 +118,17 @@ def test_whole_network_benchmark_smoke_run(tmp_path):
     rows = _smoke_rows("gpu_bench_models.py", "gpu_models.json", tmp_path)
     assert [(r["model"], r["mode"]) for r in rows] == [("r18", "train"), ("r18", "eval")]
     assert all(r["ok"] for r in rows)
+
+
+def test_host_overhead_benchmark_runs_the_real_launch_path():
+    """benchmarks/host_overhead.py stands in for the compiled kernel behind common.launch's direct path
+    (its first-launch hook and the compiled call): if those internals move, its numbers would silently
+    stop including the launch path. Launch counts per call are exact: 1 inference, 2 + 3 training."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "benchmarks/host_overhead.py", "--calls", "3", "--channels", "32", "64"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    lines = {line.strip().split("  ")[0]: line for line in proc.stdout.splitlines() if " launches " in line}
+    assert " 1 launches (conv3d_fwd_kernel)" in lines["inference"]
+    assert " 2 launches (conv3d_fwd_kernel, channel_affine_act_kernel)" in lines["training forward"]
+    assert " 3 launches (bn_backward_kernel, conv3d_dgrad_kernel, conv3d_wgrad_kernel)" in lines["training backward"]
