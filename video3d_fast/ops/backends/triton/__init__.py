@@ -63,8 +63,8 @@ _k = _Kernels()
 
 
 def _stem_wgrad_on_cudnn(x: torch.Tensor, p) -> bool:
-    """The C=3 stem's weight gradient on a GPU: cuDNN is 2.5x faster than our best tiling there (the
-    Triton kernel gathers 21-element input runs per filter row; see benchmarks/notes_triton.md)."""
+    """The C=3 stem's weight gradient on a GPU: cuDNN was 2.5x faster than our best tiling on the H200
+    (before the kernel ran on four-channel rows: benchmarks/notes_triton.md, session 6, says when to switch)."""
     return (x.is_cuda and p.groups == 1 and p.in_channels_per_group < 16
             and os.environ.get("VIDEO3D_FAST_TRITON_STEM_WGRAD", "cudnn") != "triton")
 
@@ -178,9 +178,9 @@ class TritonBackend(Backend):
             return super().batchnorm_act_backward(grad, out, conv_out, mean, var, x, w, gamma, p, eps, relu, mask)
         need_gc = bool(mask[0] or mask[1])
         sums, gc, g_res = _k.bn.bn_backward(grad, out, relu, conv_out, mean.float().contiguous(),
-                                      var.float().contiguous(), gamma.contiguous(), eps, store_gc=need_gc,
-                                      gz_format=memory_format_of(x) if mask[4] else None,
-                                      need_sums=bool(mask[2] or mask[3]))
+                                            var.float().contiguous(), gamma.contiguous(), eps, store_gc=need_gc,
+                                            gz_format=memory_format_of(x) if mask[4] else None,
+                                            need_sums=bool(mask[2] or mask[3]))
         g_gamma = sums[1].to(gamma.dtype) if mask[2] else None
         g_beta = sums[0].to(gamma.dtype) if mask[3] else None
         gx, gw = self._conv_grads(gc, x, w, p, mask)

@@ -158,6 +158,12 @@ def dense_like(shape, memory_format: torch.memory_format) -> torch.Tensor:
     return torch.empty(shape, device="meta", memory_format=memory_format)
 
 
+def on_four_channels(p) -> bool:
+    """Whether the fprop and wgrad launchers run this conv on four-channel copies (four_channel_copy,
+    four_channel_params): the C = 3 stem, one group."""
+    return p.in_channels == 3 and p.groups == 1
+
+
 def four_channel_copy(t: torch.Tensor) -> torch.Tensor:
     """An NDHWC-dense copy of a 3-channel (N, 3, D, H, W) activation or (K, 3, T, R, S) weight with a zero
     fourth channel. The C = 3 stem runs on it: its W_RUNS (s, c) runs then start on 8-byte boundaries

@@ -18,7 +18,6 @@ from ...debug import new_output
 from ...params import Conv3dParams
 from .autotune import KernelConfig, dgrad_candidates, dgrad_split, pick
 from .common import (
-    INTERPRETED,
     allow_tf32,
     LaunchPlan,
     cdiv,
@@ -32,7 +31,7 @@ from .common import (
     ndhwc_strides,
     split_rows,
 )
-from .conv3d_wgrad import sum_splits_kernel
+from .conv3d_wgrad import sum_splits
 from .grouped import group_tiling, red_channels, tile_channels
 
 
@@ -71,7 +70,7 @@ DGRAD_SHAPE_ARGS = [
 # only) as well: a K step is one (t, r) filter row, whose (s, k) pairs are S runs of KT channels.
 # SPLIT_K: grid axis 2 is (slice, phase); each slice runs steps_per_split K steps of its phase and stores
 # fp32 partials into its own dx-shaped slab of dx_ptr (split_stride elements apart), summed afterwards
-# in slice order (wgrad's sum_splits_kernel): the deep layers of stages 3-4 have 16-64 output tiles and
+# in slice order (conv3d_wgrad.sum_splits): the deep layers of stages 3-4 have 16-64 output tiles and
 # 64-400 serial K steps each, latency-bound as fprop was before its split (autotune.dgrad_split).
 @triton.jit(do_not_specialize=DGRAD_SHAPE_ARGS)
 def conv3d_dgrad_kernel(
@@ -244,15 +243,14 @@ def conv3d_dgrad(dy: torch.Tensor, w: torch.Tensor, p: Conv3dParams, input_forma
         plan = _plans[key] = _dgrad_plan(p, cfg, input_format, dot_flags(dy.dtype), dy.device)
     dx = new_output((p.batch, p.in_channels, *p.in_size), dtype=dy.dtype, device=dy.device,
                     memory_format=input_format)
-    split = plan.constexprs["SPLIT_K"] and plan.grid[2] // math.prod(p.stride)
+    split = plan.grid[2] // math.prod(p.stride)  # grid axis 2: slice x stride phase
     # split-K: fp32 slabs shaped and laid out like dx, one per slice, then their in-order sum into dx
-    dst = dx if not split else new_output((split * p.batch, p.in_channels, *p.in_size), dtype=torch.float32,
-                                          device=dy.device, memory_format=input_format)
+    dst = dx if split == 1 else new_output((split * p.batch, p.in_channels, *p.in_size), dtype=torch.float32,
+                                           device=dy.device, memory_format=input_format)
     launch(conv3d_dgrad_kernel, plan.grid, (channels_last(dy), channels_last(w), dst), plan.args, plan.constexprs,
            plan_token=plan.token)
-    if split:
-        block = 256 if INTERPRETED else 1024
-        launch(sum_splits_kernel, (cdiv(dx.numel(), block),), (dst, dx), (dx.numel(), split), dict(BLOCK=block))
+    if split > 1:
+        sum_splits(dst, dx, split)
     return dx
 
 

@@ -41,6 +41,7 @@ from .common import (
     mma,
     ndhwc_strides,
     next_pow2,
+    on_four_channels,
     split_rows,
     split_taps,
 )
@@ -313,7 +314,7 @@ def conv3d_fwd(
     if not (store_out or store_conv or stats):
         raise ValueError("conv3d_fwd called with nothing to produce")
     fmt = memory_format_of(x)
-    if p.in_channels == 3 and p.groups == 1:  # the stem: dense 4-channel runs (common.four_channel_copy)
+    if on_four_channels(p):
         x, w, p = four_channel_copy(x), four_channel_copy(w), four_channel_params(p)
     # the plan key holds every flag the kernel is specialised on, TF32 included (torch's flag may change)
     key = (p, dtype, x.device, fmt, None if residual is None else residual.stride(), config, scale is None,

@@ -32,6 +32,7 @@ from .common import (
     launch,
     mma,
     ndhwc_strides,
+    on_four_channels,
     split_rows,
     split_taps,
 )
@@ -184,8 +185,7 @@ def conv3d_wgrad(dy: torch.Tensor, x: torch.Tensor, w: torch.Tensor, p: Conv3dPa
     if not (dy.dtype == x.dtype == w.dtype) or dy.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         raise TypeError(f"triton wgrad needs matching fp16/bf16/fp32 tensors, got {dy.dtype}/{x.dtype}/{w.dtype}")
     fmt = memory_format_of(w)
-    if p.in_channels == 3 and p.groups == 1:
-        # the stem on four-channel rows (common.four_channel_copy); the zero channel's gradient is dropped
+    if on_four_channels(p):  # the zero channel's gradient is dropped
         w4 = torch.empty((p.out_channels, 4, *p.kernel), dtype=w.dtype, device="meta", memory_format=fmt)
         dw4 = conv3d_wgrad(dy, four_channel_copy(x), w4, four_channel_params(p), config)
         return dw4[:, :3].contiguous(memory_format=fmt)
@@ -203,9 +203,15 @@ def conv3d_wgrad(dy: torch.Tensor, x: torch.Tensor, w: torch.Tensor, p: Conv3dPa
     launch(conv3d_wgrad_kernel, plan.grid, (channels_last(dy), channels_last(x), dst), plan.args, plan.constexprs,
            plan_token=plan.token)
     if split > 1:
-        block = 256 if INTERPRETED else 1024
-        launch(sum_splits_kernel, (cdiv(dw.numel(), block),), (dst, dw), (dw.numel(), split), dict(BLOCK=block))
+        sum_splits(dst, dw, split)
     return dw
+
+
+def sum_splits(ws: torch.Tensor, out: torch.Tensor, split: int) -> None:
+    """out = the in-order sum of ``split`` fp32 slabs of ``ws``, each laid out like the dense ``out``
+    (split-K partials of wgrad and dgrad), rounded once to out's dtype."""
+    block = 256 if INTERPRETED else 1024
+    launch(sum_splits_kernel, (cdiv(out.numel(), block),), (ws, out), (out.numel(), split), dict(BLOCK=block))
 
 
 _plans: Dict[tuple, LaunchPlan] = {}
