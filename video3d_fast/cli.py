@@ -184,7 +184,8 @@ def _run_loader_bench(args) -> int:
     model = build_model(cfg, device)
     batch = next(iter(loader))
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
-    seconds = measure_train_step(model, build_normalize(cfg).to(device), batch.clips, cfg.n_classes, args.steps, device, amp)
+    seconds = measure_train_step(model, build_normalize(cfg).to(device), batch.clips, cfg.n_classes, args.steps,
+                                 device, amp, cuda_graph=cfg.cuda_graph)
     report = ThroughputReport(loader_rate, batch.clips.shape[0] / seconds, seconds, batch.clips.shape[0],
                               cfg.n_threads, skipped)
     print(report.summary())

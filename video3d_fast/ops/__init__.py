@@ -13,7 +13,14 @@ Every op takes ``backend=`` ("auto", "torch", "triton", "cuda", "cpu").
 """
 from . import library  # noqa: F401  (registers the custom ops)
 from .backends import BACKENDS, BackendStatus, available_backends, resolve_backend
-from .functional import conv3d, conv3d_affine_act, conv3d_batchnorm_act, fold_batchnorm, recompute_conv_outputs
+from .functional import (
+    conv3d,
+    conv3d_affine_act,
+    conv3d_batchnorm_act,
+    fold_batchnorm,
+    recompute_conv_outputs,
+    recomputing_conv_outputs,
+)
 from .params import Conv3dParams, make_params
 
 __all__ = [
@@ -27,5 +34,6 @@ __all__ = [
     "fold_batchnorm",
     "make_params",
     "recompute_conv_outputs",
+    "recomputing_conv_outputs",
     "resolve_backend",
 ]

@@ -25,7 +25,8 @@ from .params import (
 )
 from .reference import batchnorm_momentum_factor, opmath_dtype
 
-__all__ = ["conv3d", "conv3d_affine_act", "conv3d_batchnorm_act", "fold_batchnorm", "recompute_conv_outputs"]
+__all__ = ["conv3d", "conv3d_affine_act", "conv3d_batchnorm_act", "fold_batchnorm", "recompute_conv_outputs",
+           "recomputing_conv_outputs"]
 
 # Default of conv3d_batchnorm_act's save_conv_out (see recompute_conv_outputs).
 _RECOMPUTE_CONV_OUTPUTS = False
@@ -50,6 +51,11 @@ def recompute_conv_outputs(enabled: bool = True) -> Iterator[None]:
         yield
     finally:
         _RECOMPUTE_CONV_OUTPUTS = previous
+
+
+def recomputing_conv_outputs() -> bool:
+    """Whether training-form calls without an explicit ``save_conv_out`` recompute the conv output now."""
+    return _RECOMPUTE_CONV_OUTPUTS
 
 
 def _autocast(*tensors: Optional[torch.Tensor]):

@@ -44,6 +44,7 @@ from .checkpoint import (
 from .distributed import DistContext, all_agree, all_gather_objects, all_reduce_sum, init_distributed
 from .evaluation import topk_correct, video_accuracy, video_topk_entries
 from .finetune import build_model, frozen_batchnorms, select_fine_tuning, train_mode
+from .graphs import GraphedTraining, cuda_graph_unsupported_reason
 from .logs import LOG_COLUMNS, TensorBoardWriter, TsvLogger
 from .optim import LRSchedule, build_optimizer
 
@@ -147,7 +148,9 @@ class Runner:
     def _autocast(self):
         if self.amp_dtype is None:
             return nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+        # CUDA-graph capture needs autocast without its weight-cast cache
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype,
+                              cache_enabled=not self.cfg.cuda_graph)
 
     def _inputs(self, clips: torch.Tensor) -> torch.Tensor:
         """uint8 clips [N, C, T, H, W] -> normalised float on the device (channels_last_3d if asked)."""
@@ -184,6 +187,12 @@ class Runner:
         if self.ctx.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.step_model = nn.parallel.DistributedDataParallel(self.step_model, device_ids=ids)
+        self.graphed: Optional[GraphedTraining] = None
+        if cfg.cuda_graph:
+            reason = cuda_graph_unsupported_reason(self.device, self.ctx.enabled, cfg.accumulation_steps, cfg.compile)
+            if reason is not None:
+                raise ValueError(reason)
+            self.graphed = GraphedTraining(self.model, echo=self.echo)
 
     def _resume(self) -> int:
         """Load ``--resume_path`` into model/optimizer/schedule/scaler/RNG; return the first epoch to run."""
@@ -237,7 +246,7 @@ class Runner:
                 sync = last_of_group or not ctx.enabled
                 with (nullcontext() if sync else self.step_model.no_sync()):
                     with self._autocast(), ops.recompute_conv_outputs(cfg.recompute_conv):
-                        logits = self.step_model(x)
+                        logits = (self.graphed or self.step_model)(x)
                         loss = F.cross_entropy(logits.float(), y)
                     if not all_agree(bool(torch.isfinite(loss.detach())), ctx):
                         self._diverged(epoch, i, loss)

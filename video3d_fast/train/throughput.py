@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .graphs import GraphedTraining, cuda_graph_unsupported_reason
+
 __all__ = ["ThroughputReport", "measure_loader", "measure_train_step"]
 
 
@@ -50,16 +52,23 @@ def measure_loader(loader, n_batches: int, warmup: int = 1) -> tuple:
 
 
 def measure_train_step(model, normalize, batch_clips: torch.Tensor, n_classes: int, n_steps: int, device,
-                       amp_dtype=None) -> float:
-    """Seconds per SGD step (forward, backward, update) on ``batch_clips`` (uint8), after one warm-up step."""
+                       amp_dtype=None, cuda_graph: bool = False) -> float:
+    """Seconds per SGD step (forward, backward, update) on ``batch_clips`` (uint8), after one warm-up step
+    (which, with ``cuda_graph``, is the capture: see graphs.GraphedTraining)."""
     model.train()
+    call = model
+    if cuda_graph:
+        reason = cuda_graph_unsupported_reason(device, False, 1, False)
+        if reason is not None:
+            raise ValueError(reason)
+        call = GraphedTraining(model)
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
     x = normalize(batch_clips.to(device))
     y = torch.randint(0, n_classes, (x.shape[0],), device=device)
 
     def step():
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            loss = F.cross_entropy(model(x).float(), y)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None, cache_enabled=not cuda_graph):
+            loss = F.cross_entropy(call(x).float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

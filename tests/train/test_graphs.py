@@ -1,0 +1,161 @@
+"""--cuda_graph: which calls are captured and replayed, what stays eager, that capture leaves the BatchNorm
+statistics as eager training would, and (on a GPU) that replayed steps train the weights eager steps do.
+
+On CPU, torch.cuda.make_graphed_callables is replaced by a stand-in that does what it does to the model
+(warm-up forward/backward passes, then a callable running the captured module), so everything of ours
+around it runs for real."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from video3d_fast import ops
+from video3d_fast.models import generate_model, set_backend
+from video3d_fast.train import Runner
+from video3d_fast.train import engine
+from video3d_fast.train.graphs import GraphedTraining, cuda_graph_unsupported_reason
+
+from ..models.helpers import narrow_options
+from .helpers import state_equal, tiny_config, tiny_dataset
+
+
+class StandIn:
+    """make_graphed_callables' effects on the model without CUDA: ``num_warmup_iters`` forward and
+    backward passes (gradients through autograd.grad, as it does: nothing accumulates), then the captured
+    module itself as the 'replay'."""
+
+    def __init__(self, fail: bool = False):
+        self.fail, self.captures = fail, []
+
+    def __call__(self, module, sample_args, num_warmup_iters, allow_unused_input):
+        assert not torch.is_autocast_enabled("cpu") or not torch.is_autocast_cache_enabled()
+        params = [p for p in module.parameters() if p.requires_grad]
+        for _ in range(num_warmup_iters):
+            out = module(*sample_args)
+            torch.autograd.grad(out.float().sum(), params, allow_unused=allow_unused_input)
+        if self.fail:
+            raise RuntimeError("operation not permitted when stream is capturing")
+        self.captures.append(tuple(a.shape for a in sample_args))
+        return module
+
+
+def _net():
+    torch.manual_seed(0)
+    return generate_model("resnet", 10, n_classes=3, **narrow_options("resnet")).train()
+
+
+def test_unsupported_options_are_named():
+    cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
+    assert cuda_graph_unsupported_reason(cuda, False, 1, False) is None
+    assert "CUDA device" in cuda_graph_unsupported_reason(cpu, False, 1, False)
+    assert "DDP" in cuda_graph_unsupported_reason(cuda, True, 1, False)
+    assert "--accumulation_steps 1" in cuda_graph_unsupported_reason(cuda, False, 2, False)
+    assert "--compile" in cuda_graph_unsupported_reason(cuda, False, 1, True)
+
+
+def test_runner_refuses_cuda_graph_on_cpu(tmp_path):
+    files = tiny_dataset(tmp_path / "data")
+    with pytest.raises(ValueError, match="--cuda_graph needs a CUDA device"):
+        Runner(tiny_config(files, tmp_path / "r", cuda_graph=True, n_epochs=1, no_val=True)).run()
+
+
+def test_capture_once_replay_same_signature_and_eager_otherwise():
+    net, stand_in = _net(), StandIn()
+    graphed = GraphedTraining(net, make_graphed=stand_in, echo=lambda line: None)
+    x = torch.randn(2, 3, 4, 16, 16)
+    eager_net = copy.deepcopy(net)
+    out = graphed(x)
+    assert stand_in.captures == [(x.shape,)] and graphed.replays == 1 and graphed.eager_calls == 0
+    # the warm-up passes updated the BatchNorm statistics three times; they were restored, so after one
+    # step they are those of one eager step
+    ref = eager_net(x)
+    assert torch.equal(out, ref)
+    assert state_equal(net.state_dict(), eager_net.state_dict())
+    graphed(torch.randn(2, 3, 4, 16, 16))
+    assert graphed.replays == 2
+    graphed(torch.randn(3, 3, 4, 16, 16))  # another batch size (e.g. the last, partial batch of an epoch)
+    graphed(torch.randn(2, 3, 4, 16, 16).contiguous(memory_format=torch.channels_last_3d))
+    with ops.recompute_conv_outputs():
+        graphed(torch.randn(2, 3, 4, 16, 16))
+    with torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False):
+        graphed(torch.randn(2, 3, 4, 16, 16))
+    with torch.no_grad():
+        graphed(x)
+    net.eval()
+    graphed(x)
+    assert graphed.replays == 2 and graphed.eager_calls == 6 and len(stand_in.captures) == 1
+
+
+def test_capture_failure_warns_restores_statistics_and_trains_eagerly():
+    net = _net()
+    before = copy.deepcopy(net.state_dict())
+    graphed = GraphedTraining(net, make_graphed=StandIn(fail=True), echo=lambda line: None)
+    x = torch.randn(2, 3, 4, 16, 16)
+    with pytest.warns(RuntimeWarning, match="capture failed .*training continues without CUDA graphs"):
+        graphed(x)
+    assert graphed.failed and graphed.eager_calls == 1
+    eager_net = _net()
+    eager_net(x)
+    assert state_equal(net.state_dict(), eager_net.state_dict()) and not state_equal(net.state_dict(), before)
+    graphed(x)
+    assert graphed.eager_calls == 2
+
+
+def test_runner_with_cuda_graph_trains_the_same_weights(tmp_path, monkeypatch):
+    """Through the whole loop (optimizer, schedule, the partial last batch): the same weights and running
+    statistics as a plain run, bit for bit, with the capture stand-in."""
+    files = tiny_dataset(tmp_path / "data")
+    plain = Runner(tiny_config(files, tmp_path / "plain", n_epochs=2, no_val=True))
+    plain.run()
+    stand_in = StandIn()
+    monkeypatch.setattr(torch.cuda, "make_graphed_callables", stand_in)
+    monkeypatch.setattr(engine, "cuda_graph_unsupported_reason", lambda *a: None)
+    graphed = Runner(tiny_config(files, tmp_path / "graphed", n_epochs=2, no_val=True, cuda_graph=True))
+    graphed.run()
+    assert len(stand_in.captures) == 1 and graphed.graphed.replays > 0
+    assert state_equal(plain.model.state_dict(), graphed.model.state_dict())
+
+
+# ------------------------------------------------------------------------------------------------
+# on a GPU: real capture and replay
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_replayed_steps_train_like_eager_steps_on_cuda(backend):
+    status = ops.available_backends()[backend]
+    if not status.available:
+        pytest.skip(f"{backend} backend unavailable: {status.reason}")
+    torch.manual_seed(0)
+    base = generate_model("resnext", 50, n_classes=4, **narrow_options("resnext")).cuda()
+    base = base.to(memory_format=torch.channels_last_3d)
+    set_backend(base, backend)
+    nets = {"eager": base, "graphed": copy.deepcopy(base)}
+    clips = [torch.randn(4, 3, 8, 32, 32, device="cuda").contiguous(memory_format=torch.channels_last_3d)
+             for _ in range(4)]
+    labels = [torch.randint(0, 4, (4,), device="cuda") for _ in clips]
+    losses = {}
+    for name, net in nets.items():
+        net.train()
+        call = GraphedTraining(net, echo=lambda line: None) if name == "graphed" else net
+        opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+        losses[name] = []
+        for x, y in zip(clips, labels):
+            with torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False):
+                loss = F.cross_entropy(call(x).float(), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses[name].append(loss.item())
+        if name == "graphed":
+            assert call.failed is None, call.failed
+            assert call.replays == len(clips)
+    assert losses["graphed"] == pytest.approx(losses["eager"], rel=2e-2)
+    for (key, a), b in zip(nets["eager"].state_dict().items(), nets["graphed"].state_dict().values()):
+        if a.is_floating_point():
+            err = ((a.float() - b.float()).norm() / a.float().norm().clamp_min(1e-6)).item()
+            assert err < 2e-2, (key, err)
+        else:
+            assert torch.equal(a, b), key
