@@ -123,15 +123,15 @@ def test_runner_with_cuda_graph_trains_the_same_weights(tmp_path, monkeypatch):
 # on a GPU: real capture and replay
 # ------------------------------------------------------------------------------------------------
 @pytest.mark.gpu
-@pytest.mark.parametrize("backend", ["triton", "torch"])
-def test_replayed_steps_train_like_eager_steps_on_cuda(backend):
-    status = ops.available_backends()[backend]
+def test_replayed_steps_train_like_eager_steps_on_cuda():
+    """The triton backend's ops captured and replayed: four SGD steps train what four eager steps train.
+    fp32 ResNet-10 at a few channels (few kernels to compile inside the suite's time budget)."""
+    status = ops.available_backends()["triton"]
     if not status.available:
-        pytest.skip(f"{backend} backend unavailable: {status.reason}")
+        pytest.skip(f"triton backend unavailable: {status.reason}")
     torch.manual_seed(0)
-    base = generate_model("resnext", 50, n_classes=4, **narrow_options("resnext")).cuda()
-    base = base.to(memory_format=torch.channels_last_3d)
-    set_backend(base, backend)
+    base = generate_model("resnet", 10, n_classes=4, **narrow_options("resnet")).cuda()
+    base = set_backend(base.to(memory_format=torch.channels_last_3d), "triton")
     nets = {"eager": base, "graphed": copy.deepcopy(base)}
     clips = [torch.randn(4, 3, 8, 32, 32, device="cuda").contiguous(memory_format=torch.channels_last_3d)
              for _ in range(4)]
@@ -143,8 +143,7 @@ def test_replayed_steps_train_like_eager_steps_on_cuda(backend):
         opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
         losses[name] = []
         for x, y in zip(clips, labels):
-            with torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False):
-                loss = F.cross_entropy(call(x).float(), y)
+            loss = F.cross_entropy(call(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -152,10 +151,10 @@ def test_replayed_steps_train_like_eager_steps_on_cuda(backend):
         if name == "graphed":
             assert call.failed is None, call.failed
             assert call.replays == len(clips)
-    assert losses["graphed"] == pytest.approx(losses["eager"], rel=2e-2)
+    assert losses["graphed"] == pytest.approx(losses["eager"], rel=1e-3)
     for (key, a), b in zip(nets["eager"].state_dict().items(), nets["graphed"].state_dict().values()):
         if a.is_floating_point():
-            err = ((a.float() - b.float()).norm() / a.float().norm().clamp_min(1e-6)).item()
-            assert err < 2e-2, (key, err)
+            err = ((a - b).norm() / a.norm().clamp_min(1e-6)).item()
+            assert err < 1e-3, (key, err)
         else:
             assert torch.equal(a, b), key
