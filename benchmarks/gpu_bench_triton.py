@@ -189,11 +189,13 @@ def _shapes(model_key: str, batch: int, smoke: bool) -> List[Dict]:
 
 
 def _fwd_config(pr: "Problem", b: Bench) -> str:
-    """The forward kernel's heuristic tile (BLOCK_M x BLOCK_N x BLOCK_K / stages) for this layer."""
-    from video3d_fast.ops.backends.triton.autotune import fwd_candidates
+    """The forward kernel's tile (BLOCK_M x BLOCK_N x BLOCK_K / stages, then the split-K factor when a
+    shipped table fixes one) for this layer, as chosen without autotuning."""
+    from video3d_fast.ops.backends.triton.autotune import fwd_candidates, untuned_choice
 
-    c = fwd_candidates(pr.p, b.dtype, torch.device(b.device))[0]
-    return f"{c.block_m}x{c.block_n}x{c.block_k}/{c.num_stages}"
+    device = torch.device(b.device)
+    c = untuned_choice("fwd", pr.p, b.dtype, device, fwd_candidates(pr.p, b.dtype, device))
+    return f"{c.block_m}x{c.block_n}x{c.block_k}/{c.num_stages}" + (f" split {c.split_k}" if c.split_k else "")
 
 
 def _kernel_ms(gpu_ms: float, wall_ms: float) -> float:

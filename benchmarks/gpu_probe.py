@@ -364,7 +364,7 @@ def probe_grouped():
                     else "flat") + (f" split {plan.grid[2]}" if plan.grid[2] > 1 else "")
             name = f"{plan_cfg.block_m}x{plan_cfg.block_n}x{plan_cfg.block_k}/{plan_cfg.num_stages} {loop}"
             variant("grouped", f"{label} fprop {'heuristic ' if cfg is None else ''}{name}",
-                    lambda: conv3d_fwd.conv3d_fwd(x, w, p, config=cfg), ref, output=lambda r: r.out)
+                    lambda: conv3d_fwd.conv3d_fwd(x, w, p, config=plan_cfg), ref, output=lambda r: r.out)
         dy = randn(*p.out_shape).contiguous(memory_format=CL)
         cudnn_bwd = lambda: torch.ops.aten.convolution_backward(  # noqa: E731
             dy, x, w, None, list(p.stride), list(p.padding), list(p.dilation), False, [0, 0, 0], groups,
@@ -384,7 +384,7 @@ def probe_grouped():
                 loop += f" split {plan.grid[2] // s ** 3}"
             name = f"{plan_cfg.block_m}x{plan_cfg.block_n}x{plan_cfg.block_k}/{plan_cfg.num_stages} {loop}"
             variant("grouped", f"{label} dgrad {'heuristic ' if cfg is None else ''}{name}",
-                    lambda: conv3d_dgrad.conv3d_dgrad(dy, w, p, CL, config=cfg), gx_ref)
+                    lambda: conv3d_dgrad.conv3d_dgrad(dy, w, p, CL, config=plan_cfg), gx_ref)
         # wgrad: dy is re-read once per column block. W_RUNS blocks (one (t, r) filter row of S*CT columns,
         # the heuristic since session 5) take 9 blocks; tap blocks (the heuristic before) 27
         bwd_configs = [None] + ([] if SMOKE else [
@@ -399,7 +399,7 @@ def probe_grouped():
                     else "flat") + f" split {plan.grid[2]}"
             name = f"{plan_cfg.block_m}x{plan_cfg.block_n}x{plan_cfg.block_k}/{plan_cfg.num_stages} {loop}"
             variant("grouped", f"{label} wgrad {'heuristic ' if cfg is None else ''}{name}",
-                    lambda: conv3d_wgrad.conv3d_wgrad(dy, x, w, p, config=cfg), gw_ref)
+                    lambda: conv3d_wgrad.conv3d_wgrad(dy, x, w, p, config=plan_cfg), gw_ref)
 
 
 def probe_bnfuse():

@@ -5,6 +5,10 @@
 #   QUICK=1 BATCH=32 COMPILE_MODE=max-autotune bash benchmarks/gpu_suite.sh
 #                                                 (the issue's batch-32 and max-autotune comparisons: a
 #                                                  later run's choice, once batch 8 is measured)
+#   TUNE=1 bash benchmarks/gpu_suite.sh           (build, then benchmarks/gpu_tune.py only: autotune the
+#                                                  conv layers of ResNeXt-101/ResNet-50/18 and write
+#                                                  triton_tuned.json, the table to commit into
+#                                                  video3d_fast/ops/backends/triton/tuned/)
 # Steps: build the extension with its CUDA kernels (JIT, installs nothing), run the `gpu` tests, run the GPU
 # microbenchmarks, the whole-network benchmark and benchmarks/gpu_probe.py, write JSON + markdown into OUT_DIR,
 # print a short table last. Each step has a time limit, and all of them together stay inside SUITE_BUDGET
@@ -67,6 +71,20 @@ from video3d_fast import ops
 for b in ops.available_backends().values(): print(f'  backend {b.name:7s}', 'ok' if b.available else b.reason)
 assert s.loaded and s.cuda_compiled
 "
+
+if [ "${TUNE:-0}" = "1" ]; then
+  # the whole remaining budget, less the summary's few seconds; the script stops starting shapes at --budget
+  tune_left=$(( SUITE_BUDGET - ($(date +%s) - suite_start) - 15 ))
+  step tune "$tune_left" "$OUT_DIR/gpu_suite.log" "$PY" benchmarks/gpu_tune.py --out "$OUT_DIR" --batch "$BATCH" \
+    --budget $(( tune_left - 60 ))
+  {
+    echo; echo "| step | rc | time |"; echo "|---|---|---|"
+    printf '%s\n' "${status_rows[@]}"
+    echo; echo "total $(( $(date +%s) - suite_start ))s"
+    [ -f "$OUT_DIR/gpu_tune.md" ] && { echo; grep -E '^(#|- )' "$OUT_DIR/gpu_tune.md"; }
+  } | tee -a "$SUMMARY"
+  exit 0
+fi
 
 step gpu-tests 220 "$OUT_DIR/gpu_tests.log" "$PY" -m pytest -m gpu -q -p no:cacheprovider --maxfail=20 --continue-on-collection-errors \
   -o addopts="" -rfE --hypothesis-seed=0 tests

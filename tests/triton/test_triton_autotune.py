@@ -3,6 +3,7 @@ and in an on-disk cache keyed by GPU name, Triton version, op, problem and dtype
 reuses it without timing again. The timing itself is a stand-in here (it needs a GPU)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -20,7 +21,7 @@ TIMES = {CANDIDATES[0]: 3.0, CANDIDATES[1]: 1.0, CANDIDATES[2]: 2.0}
 
 @pytest.fixture
 def tuner(tmp_path, monkeypatch):
-    """Autotuning on, a fake GPU, a stand-in do_bench that returns each candidate's time; records timings."""
+    """Autotuning on, a fake GPU, a stand-in timer that returns each candidate's time; records timings."""
     timed = []
     monkeypatch.setenv("VIDEO3D_FAST_TRITON_AUTOTUNE_CACHE", str(tmp_path / "cache" / "tune.json"))
     monkeypatch.setattr(autotune, "autotune_enabled", lambda: True)
@@ -29,16 +30,13 @@ def tuner(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "FakeGPU 80GB")
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
 
-    def do_bench(fn, warmup, rep):
-        return TIMES[fn()]
-
-    monkeypatch.setattr(triton.testing, "do_bench", do_bench)
+    monkeypatch.setattr(autotune, "_gpu_ms", lambda fn, device: TIMES[fn()])
 
     def pick():
         def launch(cfg):
             timed.append(cfg)
             return cfg
-        return autotune.pick("fwd", P, torch.bfloat16, torch.device("cpu"), CANDIDATES, launch)
+        return autotune.pick("fwd", P, torch.bfloat16, torch.device("cuda", 0), CANDIDATES, launch)
 
     return pick, timed, tmp_path / "cache" / "tune.json"
 
@@ -86,14 +84,17 @@ def test_no_timing_inside_a_cuda_graph_capture(tuner, monkeypatch):
     assert pick() == CANDIDATES[0] and timed == []
 
 
-def test_forward_candidates_include_split_k_only_when_autotuning(monkeypatch):
+@pytest.mark.parametrize("op", ["fwd", "dgrad", "wgrad"])
+def test_split_k_variants_follow_the_heuristic_tiles(monkeypatch, op):
+    """Candidates of autotuning and shipped tables: the heuristic tiles (the first is the default choice,
+    its split left to the heuristic), then the first tile with explicit split-K factors."""
     monkeypatch.setattr(autotune, "INTERPRETED", False)
-    monkeypatch.setattr(autotune, "autotune_enabled", lambda: False)
-    plain = autotune.fwd_candidates(P, torch.bfloat16, torch.device("cpu"))
-    assert all(c.split_k == 0 for c in plain)
-    monkeypatch.setattr(autotune, "autotune_enabled", lambda: True)
-    tuned = autotune.fwd_candidates(P, torch.bfloat16, torch.device("cpu"))
-    assert tuned[:len(plain)] == plain and [c.split_k for c in tuned[len(plain):]] == [1, 2, 4]
+    candidates = getattr(autotune, f"{op}_candidates")(P, torch.bfloat16, torch.device("cpu"))
+    tiles = [c for c in candidates if c.split_k == 0]
+    splits = candidates[len(tiles):]
+    assert tiles and candidates[:len(tiles)] == tiles
+    assert splits and all(c.split_k > 0 and dataclasses.replace(c, split_k=0) == tiles[0] for c in splits)
+    assert len(set(candidates)) == len(candidates)
 
 
 def _resnext_grouped(c, size, stride=1, n=8):
@@ -136,7 +137,8 @@ def test_grouped_convs_take_the_row_run_loop_where_latency_bound(monkeypatch, dt
     assert not any(dgrad_runs(strided, c) for c in autotune.dgrad_candidates(strided, dtype, cpu))
     stage1 = _resnext_grouped(128, (8, 28, 28))
     fwd = autotune.fwd_candidates(stage1, dtype, cpu)
-    assert not fwd_runs(stage1, fwd[0]) and fwd_runs(stage1, fwd[-1])
+    tiles = [c for c in fwd if c.split_k == 0]
+    assert not fwd_runs(stage1, tiles[0]) and fwd_runs(stage1, tiles[-1])
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
@@ -179,3 +181,121 @@ def test_input_gradient_splits_only_long_reductions(monkeypatch):
     assert autotune.dgrad_split(104, 16, cfg, cpu) == 1 < autotune.fwd_split(104, 16, cfg, cpu)
     assert autotune.dgrad_split(104, 16, autotune.KernelConfig(64, 64, 64, split_k=2), cpu) == 2
     assert autotune.dgrad_split(200, 432, cfg, cpu) == 1  # enough tiles for the device already
+
+
+# ------------------------------------------------------------------------------------------------
+# shipped tables (tuned/*.json): autotuned choices per GPU name and problem class, used without tuning
+# ------------------------------------------------------------------------------------------------
+def _table(device: str, configs: dict) -> dict:
+    return {"device": device, "triton": triton.__version__, "configs": configs}
+
+
+@pytest.fixture
+def shipped(tmp_path, monkeypatch):
+    """An empty tuned/ directory of our own, autotuning off; returns a writer of table files."""
+    monkeypatch.setattr(autotune, "TUNED_DIR", tmp_path / "tuned")
+    monkeypatch.setattr(autotune, "_tables", None)
+    monkeypatch.setattr(autotune, "autotune_enabled", lambda: False)
+    (tmp_path / "tuned").mkdir()
+
+    def write(name: str, table: dict) -> None:
+        (tmp_path / "tuned" / name).write_text(json.dumps(table))
+        monkeypatch.setattr(autotune, "_tables", None)
+
+    return write
+
+
+def _never_launched(cfg):
+    raise AssertionError("a shipped table or the heuristic needs no timing")
+
+
+def test_a_shipped_choice_is_used_on_its_gpu_when_still_a_candidate(shipped, monkeypatch):
+    cpu = torch.device("cpu")
+    assert autotune.pick("fwd", P, torch.bfloat16, cpu, CANDIDATES, _never_launched) == CANDIDATES[0]
+    cls = autotune.problem_class("fwd", P, torch.bfloat16)
+    shipped("cpu.json", _table("cpu", {cls: dataclasses.asdict(CANDIDATES[2])}))
+    assert autotune.pick("fwd", P, torch.bfloat16, cpu, CANDIDATES, _never_launched) == CANDIDATES[2]
+    # not for another op, dtype or GPU; and not once the kernels no longer offer that configuration
+    assert autotune.pick("dgrad", P, torch.bfloat16, cpu, CANDIDATES, _never_launched) == CANDIDATES[0]
+    assert autotune.pick("fwd", P, torch.float16, cpu, CANDIDATES, _never_launched) == CANDIDATES[0]
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "OtherGPU")
+    assert autotune.pick("fwd", P, torch.bfloat16, torch.device("cuda", 0), CANDIDATES,
+                         _never_launched) == CANDIDATES[0]
+    assert autotune.pick("fwd", P, torch.bfloat16, cpu, CANDIDATES[:2], _never_launched) == CANDIDATES[0]
+
+
+def test_problem_classes_group_nearby_batch_sizes_and_volumes():
+    def cls(n, size=(4, 8, 8), k=32, stride=1):
+        p = ops.make_params(torch.empty(n, 16, *size, device="meta"), torch.empty(k, 16, 3, 3, 3, device="meta"),
+                            stride=stride, padding=1)
+        return autotune.problem_class("fwd", p, torch.bfloat16)
+
+    assert cls(8) == cls(6) == cls(11) == cls(4, (8, 8, 8))
+    assert len({cls(8), cls(32), cls(2), cls(8, k=64), cls(8, stride=2)}) == 5
+
+
+def test_a_broken_table_file_is_ignored_with_a_warning(shipped):
+    shipped("bad.json", {"configs": {}})  # no device
+    with pytest.warns(UserWarning, match="ignoring the tuned-configuration table"):
+        assert autotune.pick("fwd", P, torch.bfloat16, torch.device("cpu"), CANDIDATES,
+                             _never_launched) == CANDIDATES[0]
+
+
+def test_autotuned_choices_become_a_table_that_serves_without_timing(tuner, shipped, monkeypatch):
+    """gpu_tune.py's path: autotune on a GPU, export its cache as a table, ship it; a fresh process on
+    that GPU then picks the tuned configuration with autotuning off."""
+    pick, timed, _ = tuner
+    monkeypatch.setattr(autotune, "autotune_enabled", lambda: True)
+    assert pick() == CANDIDATES[1]
+    table = autotune.table_from_autotuning("FakeGPU 80GB")
+    assert table == {autotune.problem_class("fwd", P, torch.bfloat16): dataclasses.asdict(CANDIDATES[1])}
+    assert autotune.table_from_autotuning("OtherGPU") == {}
+    shipped("fakegpu.json", _table("FakeGPU 80GB", table))
+    monkeypatch.setattr(autotune, "autotune_enabled", lambda: False)
+    monkeypatch.setattr(autotune, "_cache", {})
+    timed.clear()
+    assert autotune.pick("fwd", P, torch.bfloat16, torch.device("cuda", 0), CANDIDATES,
+                         _never_launched) == CANDIDATES[1]
+    assert [t[0] for t in autotune.timing_log[-1:]] == ["fwd"]  # the tuning run was logged for reports
+
+
+def test_majority_choice_of_a_class_wins(tuner):
+    cache = autotune._disk_cache()
+    import triton as _triton
+
+    def entry(n, cfg):
+        p = ops.make_params(torch.empty(n, 16, 4, 8, 8, device="meta"), torch.empty(32, 16, 3, 3, 3, device="meta"),
+                            padding=1)
+        key = autotune._disk_key(("FakeGPU 80GB", _triton.__version__, "fwd", p, torch.bfloat16))
+        cache[key] = dataclasses.asdict(cfg)
+
+    entry(6, CANDIDATES[0])
+    entry(8, CANDIDATES[1])
+    entry(10, CANDIDATES[1])
+    (fields,) = autotune.table_from_autotuning("FakeGPU 80GB").values()
+    assert fields == dataclasses.asdict(CANDIDATES[1])
+
+
+def test_the_launchers_honour_a_shipped_split(shipped):
+    """End to end in the interpreter: a table entry with an explicit forward split-K is what the forward
+    launcher plans with, and the result is still the convolution."""
+    from video3d_fast.ops.backends.triton import conv3d_fwd
+
+    if not autotune.INTERPRETED:
+        pytest.skip("interpreter check (the GPU suite runs the tuned tables for real)")
+    x = torch.randn(2, 16, 4, 8, 8).contiguous(memory_format=torch.channels_last_3d)
+    w = (torch.randn(32, 16, 3, 3, 3) / 20).contiguous(memory_format=torch.channels_last_3d)
+    cpu = torch.device("cpu")
+    heuristic = autotune.fwd_candidates(P, torch.float32, cpu)[0]
+    split = dataclasses.replace(heuristic, split_k=2)
+    assert split in autotune.fwd_candidates(P, torch.float32, cpu)
+    shipped("cpu.json", _table("cpu", {autotune.problem_class("fwd", P, torch.float32): dataclasses.asdict(split)}))
+    conv3d_fwd._plans.clear()
+    try:
+        out = conv3d_fwd.conv3d_fwd(x, w, P).out
+        (plan,) = [v for k, v in conv3d_fwd._plans.items() if k[0] == P]
+        assert plan.conv.cfg == split and plan.conv.grid[2] == 2 and plan.epilogue is not None
+    finally:
+        conv3d_fwd._plans.clear()
+    ref = torch.nn.functional.conv3d(x.double(), w.double(), padding=1)
+    torch.testing.assert_close(out.double(), ref, rtol=1e-4, atol=1e-4)

@@ -120,6 +120,29 @@ def test_whole_network_benchmark_smoke_run(tmp_path):
     assert all(r["ok"] for r in rows)
 
 
+@pytest.mark.slow
+def test_tuning_run_writes_a_table_that_the_library_reads(tmp_path, monkeypatch):
+    """benchmarks/gpu_tune.py --smoke: every problem it timed has a row, and its table file loads as a
+    shipped table whose entries are configurations of today's candidates for those problems."""
+    from video3d_fast.ops.backends.triton import autotune
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "benchmarks/gpu_tune.py", "--smoke", "--models", "r18", "--out",
+                           str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = json.loads((tmp_path / "gpu_tune.json").read_text())["rows"]
+    assert rows and {r["op"] for r in rows} <= {"fwd", "dgrad", "wgrad"}
+    assert all(r["candidates"] > 1 and r["best_ms"] > 0 for r in rows)
+    tuned = tmp_path / "tuned"
+    tuned.mkdir()
+    (tmp_path / "triton_tuned.json").rename(tuned / "cpu.json")
+    monkeypatch.setattr(autotune, "TUNED_DIR", tuned)
+    monkeypatch.setattr(autotune, "_tables", None)
+    table = autotune.shipped_tables()["cpu"]
+    assert len(table) == len(rows)
+    assert all(isinstance(autotune.KernelConfig(**fields), autotune.KernelConfig) for fields in table.values())
+
+
 def test_host_overhead_benchmark_runs_the_real_launch_path():
     """benchmarks/host_overhead.py stands in for the compiled kernel behind common.launch's direct path
     (its first-launch hook and the compiled call): if those internals move, its numbers would silently

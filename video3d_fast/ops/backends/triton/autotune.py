@@ -1,19 +1,25 @@
-"""Tile configurations of the conv kernels: a heuristic choice per op and shape class, and an opt-in
-tiny autotune over a few candidates, cached per (device, op, problem).
+"""Tile configurations of the conv kernels: per op and problem, a list of candidates (the heuristic's
+tiles, best guess first, then that tile with explicit split-K factors) and one choice, made once per
+problem and process (``pick``), in this order:
 
-Defaults are conservative on purpose: num_warps=4 everywhere (the flattened-tap implicit-GEMM loop is
-known to miscompile with 8 warps in Inductor's conv template, pytorch #173068), 2-3 pipeline stages,
-tiles no larger than 128x128. ``VIDEO3D_FAST_TRITON_AUTOTUNE=1`` times the candidates once per problem
-on the device (forward candidates include split-K factors) and keeps the fastest, in memory and in a
-JSON file keyed by GPU name, Triton version, op, problem and dtype
-(``VIDEO3D_FAST_TRITON_AUTOTUNE_CACHE``, default ``~/.cache/video3d_fast/triton_autotune.json``), so a
-later process starts tuned. Under the interpreter small tiles are used so that tests cover several
-tiles per problem quickly.
+1. ``VIDEO3D_FAST_TRITON_AUTOTUNE=1``: every candidate is timed once per problem on the device (GPU time,
+   CUDA-graph replay) and the fastest kept, in memory and in a JSON file keyed by GPU name, Triton
+   version, op, problem and dtype (``VIDEO3D_FAST_TRITON_AUTOTUNE_CACHE``, default
+   ``~/.cache/video3d_fast/triton_autotune.json``), so a later process starts tuned;
+2. a shipped table (``tuned/*.json``, written by ``benchmarks/gpu_tune.py`` on a named GPU): its choice
+   for the problem's class, when that is still one of the candidates;
+3. the heuristic: the first candidate.
+
+Heuristic defaults are conservative on purpose: num_warps=4 everywhere (the flattened-tap implicit-GEMM
+loop is known to miscompile with 8 warps in Inductor's conv template, pytorch #173068), 2-3 pipeline
+stages, tiles no larger than 128x128. Under the interpreter small tiles are used so that tests cover
+several tiles per problem quickly.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import tempfile
 import warnings
@@ -177,21 +183,19 @@ def fwd_candidates(p: Conv3dParams, dtype: torch.dtype, device: torch.device) ->
                                   p.out_channels, dtype, device, row_run=p.kernel[2] * p.in_channels_per_group)
     tiles = _with_row_runs(tiles, p.gemm_m, p.out_channels_per_group, p.in_channels_per_group, p.groups,
                            p.out_channels, p.kernel[2], dtype, device)
-    if not autotune_enabled():
-        return tiles
-    # timed only when autotuning: the heuristic tile with explicit split-K factors (fwd_split decides
+    # the heuristic tile with explicit split-K factors, for autotuning and shipped tables (fwd_split decides
     # from the tile count alone; between one and two waves of CTAs it cannot tell)
-    return tiles + [dataclasses.replace(tiles[0], split_k=k) for k in (1, 2, 4)]
+    return tiles + _split_variants(tiles, (1, 2, 4))
 
 
 def dgrad_candidates(p: Conv3dParams, dtype: torch.dtype, device: torch.device) -> List[KernelConfig]:
     rows = p.batch * p.in_size[0] * p.in_size[1] * p.in_size[2]
     tiles = _gemm_tile_candidates(rows, p.in_channels_per_group, p.out_channels_per_group, p.groups,
                                   p.in_channels, dtype, device)
-    if p.stride != (1, 1, 1):  # W_RUNS dgrad walks every tap: stride 1 only (one phase)
-        return tiles
-    return _with_row_runs(tiles, rows, p.in_channels_per_group, p.out_channels_per_group, p.groups,
-                          p.in_channels, p.kernel[2], dtype, device)
+    if p.stride == (1, 1, 1):  # W_RUNS dgrad walks every tap: stride 1 only (one phase)
+        tiles = _with_row_runs(tiles, rows, p.in_channels_per_group, p.out_channels_per_group, p.groups,
+                               p.in_channels, p.kernel[2], dtype, device)
+    return tiles + _split_variants(tiles, (1, 4, 16))
 
 
 def wgrad_candidates(p: Conv3dParams, dtype: torch.dtype, device: torch.device) -> List[KernelConfig]:
@@ -220,45 +224,104 @@ def wgrad_candidates(p: Conv3dParams, dtype: torch.dtype, device: torch.device) 
         # (32x128x64 bf16 / 32x128x32 fp32 spill 8 bytes on sm_90: 32 / 16 position steps there)
         tiles.insert(0, KernelConfig(bm, runs_bn, _half_k_for_fp32(64 if bm * runs_bn < 64 * 64 else 32, dtype),
                                      4, 3))
-    return tiles
+    return tiles + _split_variants(tiles, (1, 8, 32))
+
+
+def _split_variants(tiles: List[KernelConfig], splits: Tuple[int, ...]) -> List[KernelConfig]:
+    """The heuristic tile with explicit split-K factors: candidates only (the heuristic's own split is
+    tiles[0], split_k=0), timed by autotuning and eligible in shipped tables."""
+    return [dataclasses.replace(tiles[0], split_k=k) for k in splits if tiles[0].split_k != k]
 
 
 def pick(op: str, p: Conv3dParams, dtype: torch.dtype, device: torch.device,
          candidates: List[KernelConfig], launch: Callable[[KernelConfig], object]) -> KernelConfig:
-    """The heuristic choice (first candidate), or the fastest candidate when autotuning is on (from the
-    in-memory or on-disk cache when this problem was timed before on this GPU and Triton version)."""
-    if len(candidates) == 1 or not autotune_enabled():
+    """The configuration of one problem, chosen once per process (the launchers keep it in their plans).
+
+    With autotuning on: the fastest candidate (from the in-memory or on-disk cache when this problem was
+    timed before on this GPU and Triton version). Otherwise the shipped table's choice for this GPU and
+    problem class (``tuned/``, see shipped_config) when it is still one of the candidates, else the
+    heuristic (the first candidate)."""
+    if not autotune_enabled():
+        return untuned_choice(op, p, dtype, device, candidates)
+    if len(candidates) == 1:
         return candidates[0]
     key = _key(op, p, dtype, device)
     best = _cache.get(key)
-    if best is None and torch.cuda.is_current_stream_capturing():  # timing would break the capture
-        return candidates[0]
+    if best is None and device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        return candidates[0]  # timing would break the capture
     if best is None:
         stored = _disk_cache().get(_disk_key(key))
         best = KernelConfig(**stored) if stored else None
         if best not in candidates:  # tuned by other code: time again
-            best = _time_candidates(candidates, launch)
+            best = _time_candidates(candidates, launch, (op, p, dtype), device)
             _store(key, best)
         _cache[key] = best
     return best
 
 
+def untuned_choice(op: str, p: Conv3dParams, dtype: torch.dtype, device: torch.device,
+                   candidates: List[KernelConfig]) -> KernelConfig:
+    """What ``pick`` chooses without autotuning: the shipped table's configuration, else the heuristic."""
+    shipped = shipped_config(op, p, dtype, device)
+    return shipped if shipped is not None and shipped in candidates else candidates[0]
+
+
 def _key(op: str, p: Conv3dParams, dtype: torch.dtype, device: torch.device) -> Tuple:
     import triton
 
-    return (torch.cuda.get_device_name(device), triton.__version__, op, p, dtype)
+    return (device_name(device), triton.__version__, op, p, dtype)
 
 
-def _time_candidates(candidates: List[KernelConfig], launch: Callable[[KernelConfig], object]) -> KernelConfig:
-    import triton.testing
+# Every timing autotuning made in this process: (op, problem, dtype, [(ms or inf, config), ...] in candidate
+# order, the first being the heuristic's). benchmarks/gpu_tune.py reports them.
+timing_log: List[Tuple[str, Conv3dParams, torch.dtype, List[Tuple[float, KernelConfig]]]] = []
 
+
+def _time_candidates(candidates: List[KernelConfig], launch: Callable[[KernelConfig], object],
+                     problem: Tuple[str, Conv3dParams, torch.dtype], device: torch.device) -> KernelConfig:
     timings = []
     for cfg in candidates:
         try:
-            timings.append((triton.testing.do_bench(lambda: launch(cfg), warmup=5, rep=20), cfg))
+            timings.append((_gpu_ms(lambda: launch(cfg), device), cfg))
         except Exception:  # a candidate that fails to compile (e.g. out of shared memory) loses
-            continue
-    return min(timings, key=lambda tc: tc[0])[1] if timings else candidates[0]
+            timings.append((float("inf"), cfg))
+    timing_log.append((*problem, timings))
+    best_ms, best = min(timings, key=lambda tc: tc[0])
+    return best if best_ms < float("inf") else candidates[0]
+
+
+def _gpu_ms(fn: Callable[[], object], device: torch.device, calls: int = 10, replays: int = 10) -> float:
+    """Milliseconds of GPU time per ``fn()``: ``calls`` calls captured as one CUDA graph and replayed.
+
+    Eager timing (triton.testing.do_bench) of a layer that runs 10-20 us on the GPU measures the host's
+    launch path instead (allocations, Python), which would rank a split-K candidate, one launch more,
+    below a slower one-launch tile. Without CUDA (or where capture fails): do_bench."""
+    import triton.testing
+
+    if device.type != "cuda":
+        return triton.testing.do_bench(fn, warmup=5, rep=20)
+    try:
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            fn()  # compile and plan outside the capture
+            fn()
+        torch.cuda.current_stream(device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for _ in range(calls):
+                fn()
+        graph.replay()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(replays):
+            graph.replay()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / (replays * calls)
+    except RuntimeError:
+        torch.cuda.synchronize(device)
+        return triton.testing.do_bench(fn, warmup=5, rep=20)
 
 
 # ---- the on-disk cache: {json key: KernelConfig fields}, rewritten atomically on every new entry ----
@@ -310,6 +373,69 @@ def _store(key: Tuple, cfg: KernelConfig) -> None:
 def cached_configs() -> Dict[Tuple, KernelConfig]:
     """What autotuning chose so far (for benchmark reports)."""
     return dict(_cache)
+
+
+# ---- shipped tables: configurations autotuned on a named GPU (benchmarks/gpu_tune.py writes them; a
+# session commits them into tuned/), used there without autotuning. A table keys problem *classes*: the
+# layer with its batch and clip size replaced by the power of two nearest to its number of input
+# positions, so an entry also serves other batch sizes and clip sizes within that factor-of-two bucket
+# (16x112x112 at batch 8 shares it with batch 8-14). An entry that is no longer a candidate (the kernels
+# or the heuristics changed since) is ignored.
+TUNED_DIR = Path(__file__).with_name("tuned")
+_tables: Optional[Dict[str, Dict[str, dict]]] = None
+
+
+def problem_class(op: str, p: Conv3dParams, dtype: torch.dtype) -> str:
+    positions = p.batch * p.in_size[0] * p.in_size[1] * p.in_size[2]
+    return json.dumps([op, str(dtype), p.in_channels, p.out_channels, p.groups, list(p.kernel), list(p.stride),
+                       list(p.padding), list(p.dilation), round(math.log2(max(1, positions)))])
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+
+
+def shipped_tables() -> Dict[str, Dict[str, dict]]:
+    """{device name: {problem class: KernelConfig fields}} from every tuned/*.json (read once)."""
+    global _tables
+    if _tables is None:
+        _tables = {}
+        for path in sorted(TUNED_DIR.glob("*.json")):
+            try:
+                table = json.loads(path.read_text())
+                _tables.setdefault(table["device"], {}).update(table["configs"])
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                warnings.warn(f"ignoring the tuned-configuration table {path} ({exc!r})")
+    return _tables
+
+
+def shipped_config(op: str, p: Conv3dParams, dtype: torch.dtype, device: torch.device) -> Optional[KernelConfig]:
+    entries = shipped_tables().get(device_name(device))
+    if not entries:
+        return None
+    fields = entries.get(problem_class(op, p, dtype))
+    try:
+        return KernelConfig(**fields) if fields else None
+    except TypeError:  # written by another version of KernelConfig
+        return None
+
+
+def table_from_autotuning(device: str) -> Dict[str, dict]:
+    """The autotune cache's choices on ``device`` (this Triton version) as shipped-table entries; where
+    several problems of one class chose differently, the most frequent choice (the first on ties)."""
+    import triton
+
+    votes: Dict[str, Dict[str, int]] = {}
+    for key, fields in _disk_cache().items():
+        name, version, op, p_fields, dtype_name = json.loads(key)
+        if name != device or version != triton.__version__:
+            continue
+        p = Conv3dParams(*[tuple(v) if isinstance(v, list) else v for v in p_fields])
+        dtype = getattr(torch, dtype_name.replace("torch.", ""))
+        cls = votes.setdefault(problem_class(op, p, dtype), {})
+        choice = json.dumps(fields, sort_keys=True)
+        cls[choice] = cls.get(choice, 0) + 1
+    return {cls: json.loads(max(counts, key=counts.get)) for cls, counts in votes.items()}
 
 
 def wgrad_split(rows: int, cols: int, positions: int, cfg: KernelConfig, device: torch.device) -> int:
