@@ -4,11 +4,11 @@ and ResNet-18 (16x112x112 clips), and write the choices as a shipped table.
     python benchmarks/gpu_tune.py --out DIR [--batch 8] [--dtype bf16] [--budget 400] [--models rx101,r50,r18]
     python benchmarks/gpu_tune.py --smoke      # CPU + TRITON_INTERPRET=1 plumbing check, timing stand-in
 
-Per distinct layer shape (ResNeXt-101 first: its training form is the open target), the training form's
-forward and backward and the inference form's forward run once with ``VIDEO3D_FAST_TRITON_AUTOTUNE=1``
-and a fresh autotune cache: every forward, dgrad and wgrad candidate of ``autotune`` (the
-heuristic's tiles, then split-K factors) is compiled and its GPU time measured (CUDA-graph replay,
-``autotune._gpu_ms``), and the fastest is kept. Shapes left when the budget is spent are listed as skipped. Writes
+Per distinct layer shape (ResNeXt-101 first: its training form is the open target), the forward, dgrad
+and wgrad launchers run once with ``VIDEO3D_FAST_TRITON_AUTOTUNE=1`` and a fresh autotune cache: every
+candidate of ``autotune`` (the heuristic's tiles, then split-K factors) is compiled and its GPU time
+measured (CUDA-graph replay, ``autotune._gpu_ms``), and the fastest is kept. Shapes left when the budget
+is spent are listed as skipped. Writes
 
 * ``DIR/triton_tuned.json``: the table (device name, versions, problem class -> configuration); a session
   copies it to ``video3d_fast/ops/backends/triton/tuned/<gpu>.json``, after which that GPU uses it
@@ -36,7 +36,6 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import environment, results_dir, write_results  # noqa: E402
 from benchmarks.gpu_bench_triton import MODELS, _shape_label, _shapes  # noqa: E402
-from video3d_fast import ops  # noqa: E402
 from video3d_fast.ops.backends.triton import autotune  # noqa: E402
 from video3d_fast.ops.params import make_params  # noqa: E402
 
@@ -49,26 +48,24 @@ def _cfg(c: autotune.KernelConfig) -> str:
 
 
 def _tune_layer(s: Dict, batch: int, dtype: torch.dtype, device: str) -> None:
-    """One training step and one inference call of the layer: each launcher's first call of a problem
-    runs ``autotune.pick``, which times its candidates."""
+    """The layer's training-form forward (conv output + BN partials), dgrad and wgrad, each launcher
+    called directly: its first call of a problem runs ``autotune.pick``, which times the candidates.
+    Direct calls rather than ops.conv3d_batchnorm_act + autograd keep the timing (CUDA-graph capture)
+    out of the autograd engine's backward thread. The inference form shares the forward's choice."""
+    from video3d_fast.ops.backends.triton import _stem_wgrad_on_cudnn, conv3d_dgrad, conv3d_fwd, conv3d_wgrad
+
     cl = torch.channels_last_3d
     c, k, g = s["in_channels"], s["out_channels"], s["groups"]
     kw = dict(stride=tuple(s["stride"]), padding=tuple(s["padding"]), dilation=tuple(s["dilation"]), groups=g)
     x = torch.randn(batch, c, *s["in_size"], device=device, dtype=dtype).contiguous(memory_format=cl)
     w = (torch.randn(k, c // g, *s["kernel"], device=device, dtype=dtype) * 0.05).contiguous(memory_format=cl)
     p = make_params(x, w, **kw)
-    follow = s.get("followed_by", "bn_relu")
-    act = "relu" if "relu" in follow else "none"
-    res = torch.randn(p.out_shape, device=device, dtype=dtype).contiguous(memory_format=cl) if "add" in follow \
-        else None
-    gamma, beta = torch.ones(k, device=device), torch.zeros(k, device=device)
-    stem = c == 3
-    xl = x if stem else x.detach().requires_grad_(True)
-    wl, gl, bl = (t.detach().requires_grad_(True) for t in (w, gamma, beta))
-    y = ops.conv3d_batchnorm_act(xl, wl, gl, bl, None, None, None, res, activation=act, backend="triton", **kw)
-    torch.autograd.grad(y, [t for t in (None if stem else xl, wl, gl, bl) if t is not None], torch.randn_like(y))
-    with torch.no_grad():
-        ops.conv3d_affine_act(x, w, gamma, beta, res, activation=act, backend="triton", **kw)
+    dy = torch.randn(p.out_shape, device=device, dtype=dtype).contiguous(memory_format=cl)
+    conv3d_fwd.conv3d_fwd(x, w, p, store_out=False, store_conv=True, stats=True)
+    if c != 3:  # the stem's input is data: no input gradient
+        conv3d_dgrad.conv3d_dgrad(dy, w, p, cl)
+    if not _stem_wgrad_on_cudnn(x, p):  # the backend's choice (the stem's wgrad runs on cuDNN on a GPU)
+        conv3d_wgrad.conv3d_wgrad(dy, x, w, p)
 
 
 def run(args) -> int:
