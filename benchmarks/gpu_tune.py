@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -47,25 +48,85 @@ def _cfg(c: autotune.KernelConfig) -> str:
     return f"{c.block_m}x{c.block_n}x{c.block_k} w{c.num_warps}/{c.num_stages}{split}"
 
 
-def _tune_layer(s: Dict, batch: int, dtype: torch.dtype, device: str) -> None:
-    """The layer's training-form forward (conv output + BN partials), dgrad and wgrad, each launcher
-    called directly: its first call of a problem runs ``autotune.pick``, which times the candidates.
-    Direct calls rather than ops.conv3d_batchnorm_act + autograd keep the timing (CUDA-graph capture)
-    out of the autograd engine's backward thread. The inference form shares the forward's choice."""
-    from video3d_fast.ops.backends.triton import _stem_wgrad_on_cudnn, conv3d_dgrad, conv3d_fwd, conv3d_wgrad
+class Layer:
+    """One conv layer's tensors and its launchers' calls: ``run(op, config)`` launches ``op`` ("fwd":
+    the training form's conv with BN partials, "dgrad", "wgrad") with ``config``, or with None the
+    configuration ``autotune.pick`` chooses (which, autotuning on, times the candidates first)."""
 
-    cl = torch.channels_last_3d
-    c, k, g = s["in_channels"], s["out_channels"], s["groups"]
-    kw = dict(stride=tuple(s["stride"]), padding=tuple(s["padding"]), dilation=tuple(s["dilation"]), groups=g)
-    x = torch.randn(batch, c, *s["in_size"], device=device, dtype=dtype).contiguous(memory_format=cl)
-    w = (torch.randn(k, c // g, *s["kernel"], device=device, dtype=dtype) * 0.05).contiguous(memory_format=cl)
-    p = make_params(x, w, **kw)
-    dy = torch.randn(p.out_shape, device=device, dtype=dtype).contiguous(memory_format=cl)
-    conv3d_fwd.conv3d_fwd(x, w, p, store_out=False, store_conv=True, stats=True)
-    if c != 3:  # the stem's input is data: no input gradient
-        conv3d_dgrad.conv3d_dgrad(dy, w, p, cl)
-    if not _stem_wgrad_on_cudnn(x, p):  # the backend's choice (the stem's wgrad runs on cuDNN on a GPU)
-        conv3d_wgrad.conv3d_wgrad(dy, x, w, p)
+    def __init__(self, s: Dict, batch: int, dtype: torch.dtype, device: str):
+        from video3d_fast.ops.backends.triton import _stem_wgrad_on_cudnn, common
+
+        cl = torch.channels_last_3d
+        c, k, g = s["in_channels"], s["out_channels"], s["groups"]
+        kw = dict(stride=tuple(s["stride"]), padding=tuple(s["padding"]), dilation=tuple(s["dilation"]), groups=g)
+        self.x = torch.randn(batch, c, *s["in_size"], device=device, dtype=dtype).contiguous(memory_format=cl)
+        self.w = (torch.randn(k, c // g, *s["kernel"], device=device, dtype=dtype) * 0.05).contiguous(
+            memory_format=cl)
+        self.p = make_params(self.x, self.w, **kw)
+        self.dy = torch.randn(self.p.out_shape, device=device, dtype=dtype).contiguous(memory_format=cl)
+        self.dtype, self.device = dtype, torch.device(device)
+        self.ops = ["fwd"]
+        if c != 3:  # the stem's input is data: no input gradient
+            self.ops.append("dgrad")
+        if not _stem_wgrad_on_cudnn(self.x, self.p):  # the backend's choice: the stem's wgrad runs on cuDNN
+            self.ops.append("wgrad")
+        # the launchers run the C = 3 stem on four channels (common.on_four_channels): so do its candidates
+        self.tuned_p = common.four_channel_params(self.p) if common.on_four_channels(self.p) else self.p
+
+    def candidates(self, op: str) -> List[autotune.KernelConfig]:
+        p = self.tuned_p if op != "dgrad" else self.p
+        return getattr(autotune, f"{op}_candidates")(p, self.dtype, self.device)
+
+    def run(self, op: str, config=None) -> None:
+        from video3d_fast.ops.backends.triton import conv3d_dgrad, conv3d_fwd, conv3d_wgrad
+
+        if op == "fwd":
+            conv3d_fwd.conv3d_fwd(self.x, self.w, self.p, store_out=False, store_conv=True, stats=True,
+                                  config=config)
+        elif op == "dgrad":
+            conv3d_dgrad.conv3d_dgrad(self.dy, self.w, self.p, torch.channels_last_3d, config=config)
+        else:
+            conv3d_wgrad.conv3d_wgrad(self.dy, self.x, self.w, self.p, config=config)
+
+
+def _layers(args, batch: int) -> List[tuple]:
+    """(label, shape) of every distinct layer of the models, in the order given."""
+    return [(f"{model} {_shape_label(s)}", s) for model in args.models.split(",")
+            for s in _shapes(model, batch, args.smoke)]
+
+
+def precompile_shard(args, shard: int, shards: int) -> int:
+    """Phase 1, one of ``shards`` processes: launch every candidate of every ``shards``-th layer once, so
+    that Triton compiles it into its on-disk cache (phase 2 then loads instead of compiling: ~300
+    kernels of ~1-2 s each would not fit a device call otherwise). Nothing is timed here."""
+    device = "cpu" if args.smoke else "cuda"
+    failed = 0
+    for label, s in _layers(args, 1 if args.smoke else args.batch)[shard::shards]:
+        layer = Layer(s, 1 if args.smoke else args.batch, DTYPES[args.dtype], device)
+        for op in layer.ops:
+            for cfg in layer.candidates(op):
+                try:
+                    layer.run(op, cfg)
+                except Exception as exc:  # phase 2 times it as a loss; say so here
+                    failed += 1
+                    print(f"precompile {label} {op} {_cfg(cfg)}: {type(exc).__name__}: {str(exc)[:200]}", flush=True)
+    return 0 if failed == 0 else 1
+
+
+def _precompile(args, jobs: int, timeout: float) -> str:
+    """Phase 1 in ``jobs`` processes; a line for the notes."""
+    t0 = time.time()
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--batch", str(args.batch), "--dtype", args.dtype,
+           "--models", args.models] + (["--smoke"] if args.smoke else [])
+    procs = [subprocess.Popen(cmd + ["--precompile", f"{i}/{jobs}"]) for i in range(jobs)]
+    codes = []
+    for proc in procs:
+        try:
+            codes.append(proc.wait(timeout=max(1.0, timeout - (time.time() - t0))))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            codes.append("timeout")
+    return f"precompiled every candidate in {jobs} processes in {time.time() - t0:.0f} s (exit codes {codes})"
 
 
 def run(args) -> int:
@@ -92,18 +153,21 @@ def run(args) -> int:
     env.update(batch=batch, dtype=args.dtype)
     print("gpu_tune:", env, flush=True)
     start = time.time()
+    notes_pre = [_precompile(args, args.jobs, args.budget / 2)] if args.jobs > 1 else []
+    for line in notes_pre:
+        print(line, flush=True)
     skipped: List[str] = []
     done = 0
-    for model in args.models.split(","):
-        for s in _shapes(model, batch, args.smoke):
-            label = f"{model} {_shape_label(s)}"
-            if time.time() - start > args.budget:
-                skipped.append(label)
-                continue
-            t0 = time.time()
-            _tune_layer(s, batch, dtype, device)
-            done += 1
-            print(f"tuned {label} in {time.time() - t0:.1f}s", flush=True)
+    for label, s in _layers(args, batch):
+        if time.time() - start > args.budget:
+            skipped.append(label)
+            continue
+        t0 = time.time()
+        layer = Layer(s, batch, dtype, device)
+        for op in layer.ops:
+            layer.run(op)
+        done += 1
+        print(f"tuned {label} in {time.time() - t0:.1f}s", flush=True)
 
     rows = []
     for op, p, dt, timings in autotune.timing_log:
@@ -119,7 +183,7 @@ def run(args) -> int:
                  configs=autotune.table_from_autotuning(name))
     (out_dir / "triton_tuned.json").write_text(json.dumps(table, indent=1, sort_keys=True))
     changed = [r for r in rows if r["best"] != r["heuristic"]]
-    notes = [f"{done} layer shapes tuned in {time.time() - start:.0f} s, {len(rows)} problems timed; "
+    notes = notes_pre + [f"{done} layer shapes tuned in {time.time() - start:.0f} s, {len(rows)} problems timed; "
              f"the tuned choice differs from the heuristic on {len(changed)}",
              f"table: {len(table['configs'])} problem classes -> {out_dir / 'triton_tuned.json'}"]
     if changed:
@@ -142,8 +206,15 @@ def main(argv=None) -> int:
     ap.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
     ap.add_argument("--budget", type=float, default=400.0, help="seconds; later shapes are skipped")
     ap.add_argument("--models", default="rx101,r50,r18", help=f"comma-separated, of {sorted(MODELS)}")
+    ap.add_argument("--jobs", type=int, default=min(12, os.cpu_count() or 1),
+                    help="processes that compile the candidates first (1: compile while timing)")
     ap.add_argument("--smoke", action="store_true", help="CPU interpreter plumbing check on tiny shapes")
-    return run(ap.parse_args(argv))
+    ap.add_argument("--precompile", metavar="I/N", help=argparse.SUPPRESS)  # phase 1 worker (see _precompile)
+    args = ap.parse_args(argv)
+    if args.precompile:
+        shard, shards = map(int, args.precompile.split("/"))
+        return precompile_shard(args, shard, shards)
+    return run(args)
 
 
 if __name__ == "__main__":
