@@ -28,9 +28,10 @@ class StandIn:
     module itself as the 'replay'."""
 
     def __init__(self, fail: bool = False):
-        self.fail, self.captures = fail, []
+        self.fail, self.captures, self.error_modes = fail, [], []
 
-    def __call__(self, module, sample_args, num_warmup_iters, allow_unused_input):
+    def __call__(self, module, sample_args, num_warmup_iters, allow_unused_input, capture_error_mode="global"):
+        self.error_modes.append(capture_error_mode)
         assert not torch.is_autocast_enabled("cpu") or not torch.is_autocast_cache_enabled()
         params = [p for p in module.parameters() if p.requires_grad]
         for _ in range(num_warmup_iters):
@@ -69,6 +70,7 @@ def test_capture_once_replay_same_signature_and_eager_otherwise():
     eager_net = copy.deepcopy(net)
     out = graphed(x)
     assert stand_in.captures == [(x.shape,)] and graphed.replays == 1 and graphed.eager_calls == 0
+    assert stand_in.error_modes == ["thread_local"]  # the loader's pin-memory thread may not break capture
     # the warm-up passes updated the BatchNorm statistics three times; they were restored, so after one
     # step they are those of one eager step
     ref = eager_net(x)

@@ -13,6 +13,7 @@ batch count on the host: capture fails, and training goes on eagerly with a warn
 """
 from __future__ import annotations
 
+import inspect
 import warnings
 from typing import Callable, Optional
 
@@ -102,9 +103,12 @@ class GraphedTraining:
         buffers = [b for b in self.model.buffers()]
         saved = [b.detach().clone() for b in buffers]
         sample = x.detach().clone()  # the graph's static input; each replay copies the batch into it
+        options = dict(num_warmup_iters=self.WARMUP_ITERS, allow_unused_input=True)
+        if "capture_error_mode" in inspect.signature(self._make_graphed).parameters:
+            # only this thread's calls may invalidate the capture, not the loader's pin-memory thread
+            options["capture_error_mode"] = "thread_local"
         try:
-            self._graphed = self._make_graphed(_Forward(self.model), (sample,), num_warmup_iters=self.WARMUP_ITERS,
-                                               allow_unused_input=True)
+            self._graphed = self._make_graphed(_Forward(self.model), (sample,), **options)
             self._signature = self._signature_of(x)
             self._echo(f"cuda_graph: captured the training forward and backward for input {tuple(x.shape)} "
                        f"{x.dtype}; other shapes run eagerly")
