@@ -86,8 +86,11 @@ if [ "${TUNE:-0}" = "1" ]; then
   exit 0
 fi
 
+# 4 test processes where pytest-xdist is installed (the GPU image has it): most of this step is Triton
+# compiling kernels, one CPU core each; the tests check values, not times, so sharing the GPU is fine
+XDIST=""; "$PY" -c "import xdist" 2>/dev/null && XDIST="-n 4"
 step gpu-tests 220 "$OUT_DIR/gpu_tests.log" "$PY" -m pytest -m gpu -q -p no:cacheprovider --maxfail=20 --continue-on-collection-errors \
-  -o addopts="" -rfE --hypothesis-seed=0 tests
+  -o addopts="" -rfE --hypothesis-seed=0 $XDIST tests
 
 step bench-ops 40 "$OUT_DIR/gpu_suite.log" "$PY" benchmarks/gpu_bench_ops.py --out "$OUT_DIR" $QUICK_FLAG
 if [ -f benchmarks/gpu_bench_triton.py ]; then
