@@ -125,15 +125,16 @@ def test_runner_with_cuda_graph_trains_the_same_weights(tmp_path, monkeypatch):
 # on a GPU: real capture and replay
 # ------------------------------------------------------------------------------------------------
 @pytest.mark.gpu
-def test_replayed_steps_train_like_eager_steps_on_cuda():
-    """The triton backend's ops captured and replayed: four SGD steps train what four eager steps train.
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_replayed_steps_train_like_eager_steps_on_cuda(backend):
+    """The fused backends' ops captured and replayed: four SGD steps train what four eager steps train.
     fp32 ResNet-10 at a few channels (few kernels to compile inside the suite's time budget)."""
-    status = ops.available_backends()["triton"]
+    status = ops.available_backends()[backend]
     if not status.available:
-        pytest.skip(f"triton backend unavailable: {status.reason}")
+        pytest.skip(f"{backend} backend unavailable: {status.reason}")
     torch.manual_seed(0)
     base = generate_model("resnet", 10, n_classes=4, **narrow_options("resnet")).cuda()
-    base = set_backend(base.to(memory_format=torch.channels_last_3d), "triton")
+    base = set_backend(base.to(memory_format=torch.channels_last_3d), backend)
     nets = {"eager": base, "graphed": copy.deepcopy(base)}
     clips = [torch.randn(4, 3, 8, 32, 32, device="cuda").contiguous(memory_format=torch.channels_last_3d)
              for _ in range(4)]
