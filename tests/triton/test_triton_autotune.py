@@ -17,6 +17,7 @@ P = ops.make_params(torch.empty(2, 16, 4, 8, 8), torch.empty(32, 16, 3, 3, 3), p
 CANDIDATES = [autotune.KernelConfig(64, 32, 16), autotune.KernelConfig(32, 32, 16),
               autotune.KernelConfig(64, 32, 16, split_k=2)]
 TIMES = {CANDIDATES[0]: 3.0, CANDIDATES[1]: 1.0, CANDIDATES[2]: 2.0}
+LAUNCHED = [c for c in CANDIDATES for _ in range(2)]
 
 
 @pytest.fixture
@@ -44,8 +45,8 @@ def tuner(tmp_path, monkeypatch):
 def test_fastest_candidate_is_kept_in_memory_and_on_disk(tuner):
     pick, timed, path = tuner
     assert pick() == CANDIDATES[1]
-    assert timed == CANDIDATES
-    assert pick() == CANDIDATES[1] and len(timed) == 3  # second call: no timing
+    assert timed == LAUNCHED  # each candidate: one checked launch, then the timed one
+    assert pick() == CANDIDATES[1] and len(timed) == len(LAUNCHED)  # second call: no timing
     stored = json.loads(path.read_text())
     (key, cfg), = stored.items()
     assert "FakeGPU 80GB" in key and triton.__version__ in key and '"fwd"' in key
@@ -75,7 +76,7 @@ def test_a_corrupt_or_foreign_cache_entry_is_timed_again(tuner, monkeypatch):
     monkeypatch.setattr(autotune, "_cache", {})
     monkeypatch.setattr(autotune, "_disk", None)
     timed.clear()
-    assert pick() == CANDIDATES[1] and timed == CANDIDATES
+    assert pick() == CANDIDATES[1] and timed == LAUNCHED
 
 
 def test_no_timing_inside_a_cuda_graph_capture(tuner, monkeypatch):
@@ -299,3 +300,33 @@ def test_the_launchers_honour_a_shipped_split(shipped):
         conv3d_fwd._plans.clear()
     ref = torch.nn.functional.conv3d(x.double(), w.double(), padding=1)
     torch.testing.assert_close(out.double(), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_a_candidate_that_disagrees_with_the_heuristic_is_never_chosen(tuner, monkeypatch):
+    """Autotuning keeps the fastest candidate whose output matches the first (heuristic) candidate's: a
+    miscompiled configuration may be fast, and must not win."""
+    pick, timed, _ = tuner
+    outputs = {CANDIDATES[0]: torch.ones(8), CANDIDATES[1]: torch.full((8,), 2.0),  # fastest, but wrong
+               CANDIDATES[2]: torch.ones(8) + 1e-4}
+    monkeypatch.setattr(autotune, "_gpu_ms", lambda fn, device: TIMES[fn()[0]])
+
+    def launch(cfg):
+        timed.append(cfg)
+        return cfg, outputs[cfg]
+
+    monkeypatch.setattr(autotune, "_output_of", lambda result: result[1])
+    with pytest.warns(UserWarning, match="disagrees with"):
+        best = autotune.pick("fwd", P, torch.bfloat16, torch.device("cuda", 0), CANDIDATES, launch)
+    assert best == CANDIDATES[2]
+    assert [t for t, cfg in autotune.timing_log[-1][3]] == [3.0, float("inf"), 2.0]
+
+
+def test_launcher_results_are_compared_by_their_output_tensor():
+    from video3d_fast.ops.backends.triton.conv3d_fwd import FwdResult
+
+    conv = torch.randn(2, 3)
+    assert torch.equal(autotune._output_of(FwdResult(None, conv, None, None, 64)), conv)
+    assert torch.equal(autotune._output_of(conv.half()), conv.half().float())
+    assert autotune._output_of(CANDIDATES[0]) is None
+    assert autotune._agrees(conv, conv + 1e-3) and not autotune._agrees(conv, 2 * conv)
+    assert not autotune._agrees(conv * float("nan"), conv) and not autotune._agrees(conv[:1], conv)

@@ -277,17 +277,51 @@ def _key(op: str, p: Conv3dParams, dtype: torch.dtype, device: torch.device) -> 
 timing_log: List[Tuple[str, Conv3dParams, torch.dtype, List[Tuple[float, KernelConfig]]]] = []
 
 
+# A candidate whose output differs from the heuristic's by more than this (relative norm) is not used:
+# tile shapes and split-K change only the fp32 summation order (~1e-3 after bf16 rounding); a
+# miscompiled configuration (the 8-warp hazard of the module docstring) is off by O(1).
+AGREEMENT = 2e-2
+
+
 def _time_candidates(candidates: List[KernelConfig], launch: Callable[[KernelConfig], object],
                      problem: Tuple[str, Conv3dParams, torch.dtype], device: torch.device) -> KernelConfig:
+    """Each candidate's GPU time (inf when it fails to compile or disagrees with the first candidate's
+    output: the fastest of the rest wins, never a wrong one)."""
     timings = []
+    reference = None
     for cfg in candidates:
         try:
+            out = _output_of(launch(cfg))
+            if reference is None:
+                reference = out
+            elif not _agrees(out, reference):
+                warnings.warn(f"autotune: {problem[0]} {cfg} disagrees with {candidates[0]} on {problem[1]}; "
+                              "not used")
+                timings.append((float("inf"), cfg))
+                continue
             timings.append((_gpu_ms(lambda: launch(cfg), device), cfg))
         except Exception:  # a candidate that fails to compile (e.g. out of shared memory) loses
             timings.append((float("inf"), cfg))
     timing_log.append((*problem, timings))
     best_ms, best = min(timings, key=lambda tc: tc[0])
     return best if best_ms < float("inf") else candidates[0]
+
+
+def _output_of(result) -> Optional[torch.Tensor]:
+    """The tensor a launcher call produced (fprop's FwdResult: its output, else its conv output), a float
+    copy, or None for anything else (timing stand-ins)."""
+    if not isinstance(result, torch.Tensor):
+        result = getattr(result, "out", None) if getattr(result, "out", None) is not None else getattr(
+            result, "conv", None)
+    return result.detach().float().clone() if isinstance(result, torch.Tensor) else None
+
+
+def _agrees(out: Optional[torch.Tensor], reference: Optional[torch.Tensor]) -> bool:
+    if out is None or reference is None:
+        return out is None and reference is None
+    if out.shape != reference.shape or not bool(torch.isfinite(out).all()):
+        return False
+    return float((out - reference).norm()) <= AGREEMENT * float(reference.norm()) + 1e-6
 
 
 def _gpu_ms(fn: Callable[[], object], device: torch.device, calls: int = 10, replays: int = 10) -> float:
