@@ -8,10 +8,12 @@
 from .checkpoint import atomic_save, load_checkpoint_file, make_checkpoint
 from .engine import EpochResult, Runner, TestResult, TrainingDiverged
 from .evaluation import VideoAccuracy, evaluate_result_file, topk_correct, video_accuracy
+from .graphs import GraphedTraining
 from .optim import LRSchedule, build_optimizer
 
 __all__ = [
     "EpochResult",
+    "GraphedTraining",
     "LRSchedule",
     "Runner",
     "TestResult",
