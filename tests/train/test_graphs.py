@@ -63,6 +63,14 @@ def test_runner_refuses_cuda_graph_on_cpu(tmp_path):
         Runner(tiny_config(files, tmp_path / "r", cuda_graph=True, n_epochs=1, no_val=True)).run()
 
 
+def test_loader_bench_step_refuses_cuda_graph_on_cpu():
+    from video3d_fast.train.throughput import measure_train_step
+
+    clips = torch.zeros(2, 3, 4, 16, 16, dtype=torch.uint8)
+    with pytest.raises(ValueError, match="--cuda_graph needs a CUDA device"):
+        measure_train_step(_net(), lambda x: x.float(), clips, 3, 1, torch.device("cpu"), cuda_graph=True)
+
+
 def test_capture_once_replay_same_signature_and_eager_otherwise():
     net, stand_in = _net(), StandIn()
     graphed = GraphedTraining(net, make_graphed=stand_in, echo=lambda line: None)
