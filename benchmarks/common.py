@@ -68,6 +68,11 @@ def environment() -> Dict[str, object]:
         env["triton"] = triton.__version__
     except ImportError:
         env["triton"] = None
+    if torch.cuda.is_available() and env["triton"]:
+        # whether the triton backend ran configurations from a shipped table (tuned/*.json) on this GPU
+        from video3d_fast.ops.backends.triton import autotune
+
+        env["triton_tuned_entries"] = len(autotune.shipped_tables().get(torch.cuda.get_device_name(0), {}))
     return env
 
 
