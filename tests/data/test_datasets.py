@@ -69,6 +69,17 @@ def test_loader_batches_do_not_depend_on_worker_count(dataset_files):
         assert torch.equal(c0, c1) and torch.equal(t0, t1) and i0 == i1
 
 
+def test_drop_last_drops_the_partial_batch_unless_nothing_would_be_left(dataset_files):
+    """--cuda_graph's training loader: only full batches (a replayed graph has one batch size)."""
+    ds = build_dataset(_cfg(dataset_files), "train")
+    n = len(ds)
+    sizes = [len(b) for b in build_loader(ds, n - 1, shuffle=False, seed=0, num_workers=0, drop_last=True)]
+    assert sizes == [n - 1] and n % (n - 1)  # the partial batch of one clip is gone
+    assert [len(b) for b in build_loader(ds, n - 1, shuffle=False, seed=0, num_workers=0)] == [n - 1, 1]
+    small = build_loader(ds, n + 1, shuffle=False, seed=0, num_workers=0, drop_last=True)
+    assert [len(b) for b in small] == [n]  # fewer clips than a batch: keep them
+
+
 def test_single_frame_baseline_repeats_one_frame(dataset_files):
     ds = build_dataset(_cfg(dataset_files, single_frame=True), "train")
     clip = ds[0][0][0]  # [C, T, H, W]

@@ -165,11 +165,13 @@ def build_loader(
     world_size: int = 1,
     pad_to_world: bool = True,
     pin_memory: bool = False,
+    drop_last: bool = False,
 ) -> DataLoader:
     """DataLoader over a :class:`ShardedSampler` with :func:`collate_videos`.
 
     ``batch_size`` is per process. Call ``loader.sampler.set_epoch(e)`` and ``dataset.set_epoch(e)`` before
     each epoch (the loops do). Workers are not persistent, so each epoch's workers see the new epoch.
+    ``drop_last`` drops each epoch's last partial batch, unless that would leave no batch at all.
     """
     sampler = ShardedSampler(len(dataset), batch_size, rank=rank, world_size=world_size, shuffle=shuffle,
                              seed=seed, pad_to_world=pad_to_world)
@@ -182,7 +184,7 @@ def build_loader(
         num_workers=num_workers,
         collate_fn=collate_videos,
         pin_memory=pin_memory,
-        drop_last=False,
+        drop_last=drop_last and len(sampler) >= batch_size,
         generator=generator,
         prefetch_factor=4 if num_workers > 0 else None,
     )

@@ -162,9 +162,10 @@ class Runner:
 
     def _loader(self, phase: str, dataset, batch_size: int):
         train = phase == "train"
+        # --cuda_graph: a last partial batch would run eagerly, its memory next to the graph's pool
         return build_loader(dataset, batch_size, shuffle=train, seed=self.cfg.manual_seed, num_workers=self.workers,
                             rank=self.ctx.rank, world_size=self.ctx.world_size, pad_to_world=train,
-                            pin_memory=self.device.type == "cuda")
+                            pin_memory=self.device.type == "cuda", drop_last=train and self.cfg.cuda_graph)
 
     def _note_skipped(self, batch) -> int:
         for video_id, reason in batch.skipped:

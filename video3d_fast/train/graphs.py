@@ -7,7 +7,8 @@ Python op layer, against 16-22 ms of GPU time (benchmarks/notes_triton.md). Capt
 a step costs its GPU time; the optimizer, loss, GradScaler and LR schedule stay eager.
 
 What it relies on (``torch.cuda.make_graphed_callables``): fixed input shape, dtype and layout (a batch
-that differs, e.g. the last partial one, runs eagerly); parameters updated in place (every torch
+that differs runs eagerly, with its memory next to the graph's pool: the Runner's training loader
+therefore drops each epoch's last partial batch; a batch that lost corrupt videos still differs); parameters updated in place (every torch
 optimizer does); no host synchronisation inside the model (BatchNorm with ``momentum=None`` reads its
 batch count on the host: capture fails, and training goes on eagerly with a warning).
 """
