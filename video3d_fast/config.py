@@ -111,9 +111,10 @@ class Config:
     compile_mode: str = _opt("default", "torch.compile mode; reduce-overhead replays CUDA graphs, which removes "
                              "the per-layer host time that dominates small-batch GPU training",
                              ["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"])
-    cuda_graph: bool = _opt(False, "replay the training forward and backward as CUDA graphs (one GPU, fixed clip "
-                            "shape, each epoch's last partial batch dropped; no --compile, --accumulation_steps "
-                            "1): a step then costs its GPU time, not the host's per-layer launch time")
+    cuda_graph: bool = _opt(False, "replay the training forward and backward as CUDA graphs (fixed clip shape, "
+                            "each epoch's last partial batch dropped; no --compile or --batchnorm_sync, "
+                            "--accumulation_steps 1): a step then costs its GPU time, not the host's per-layer "
+                            "launch time")
     recompute_conv: bool = _opt(False, "keep less activation memory: backward recomputes each fused conv's output "
                                 "(one forward conv per unit more; fused backends only)")
     accumulation_steps: int = _opt(1, "micro-batches accumulated per optimizer step")

@@ -52,7 +52,7 @@ def test_unsupported_options_are_named():
     cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
     assert cuda_graph_unsupported_reason(cuda, False, 1, False) is None
     assert "CUDA device" in cuda_graph_unsupported_reason(cpu, False, 1, False)
-    assert "DDP" in cuda_graph_unsupported_reason(cuda, True, 1, False)
+    assert "--batchnorm_sync" in cuda_graph_unsupported_reason(cuda, True, 1, False)
     assert "--accumulation_steps 1" in cuda_graph_unsupported_reason(cuda, False, 2, False)
     assert "--compile" in cuda_graph_unsupported_reason(cuda, False, 1, True)
 
@@ -127,6 +127,59 @@ def test_runner_with_cuda_graph_trains_the_same_weights(tmp_path, monkeypatch):
     graphed.run()
     assert len(stand_in.captures) == 1 and graphed.graphed.replays > 0
     assert state_equal(plain.model.state_dict(), graphed.model.state_dict())
+
+
+def _ddp_worker(rank, world, init_file, files, out_dir, graphed):
+    """One of two gloo processes training the tiny run for 2 epochs; each saves its final state."""
+    import torch.distributed as dist
+
+    from video3d_fast.train.distributed import DistContext
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    if graphed:  # this process's own stand-ins (the parent's monkeypatches do not reach it)
+        torch.cuda.make_graphed_callables = StandIn()
+        engine.cuda_graph_unsupported_reason = lambda *a: None
+    ctx = DistContext(rank=rank, world_size=world, local_rank=rank, device=torch.device("cpu"))
+    runner = Runner(tiny_config(files, out_dir, n_epochs=2, no_val=True, cuda_graph=graphed), ctx=ctx)
+    runner.run()
+    torch.save(runner.model.state_dict(), out_dir / f"final_{rank}.pt")
+    assert not graphed or (runner.graphed.replays > 0 and runner.graphed.failed is None)
+    dist.destroy_process_group()
+
+
+def test_ddp_with_cuda_graph_trains_what_ddp_trains(tmp_path):
+    """Two processes: the graphed run (no DDP wrapper; parameters broadcast once, BatchNorm buffers
+    before each step, gradients averaged in flattened all-reduces) against plain DDP. Each rank's
+    weights and running statistics agree to rounding (DDP divides before it sums, we after); rank 1's
+    statistics are rank 0's of the step before, updated by its own last batch, in both."""
+    import torch.multiprocessing as mp
+
+    files = tiny_dataset(tmp_path / "data")
+    states = {}
+    for graphed in (False, True):
+        out = tmp_path / ("graphed" if graphed else "ddp")
+        out.mkdir()
+        mp.spawn(_ddp_worker, args=(2, str(tmp_path / f"init_{graphed}"), files, out, graphed), nprocs=2)
+        states[graphed] = [torch.load(out / f"final_{rank}.pt") for rank in (0, 1)]
+    for rank in (0, 1):
+        for key, a in states[False][rank].items():
+            b = states[True][rank][key]
+            if a.is_floating_point():
+                torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6, msg=f"rank {rank} {key}")
+            else:
+                assert torch.equal(a, b), (rank, key)
+
+
+def test_gradient_average_and_broadcast_without_ddp_are_identity():
+    from video3d_fast.train.distributed import DistContext, average_gradients, broadcast_from_main
+
+    p = torch.nn.Parameter(torch.randn(3))
+    p.grad = torch.randn(3)
+    before = p.grad.clone()
+    average_gradients([p], DistContext())
+    broadcast_from_main([p], DistContext())
+    assert torch.equal(p.grad, before)
 
 
 # ------------------------------------------------------------------------------------------------

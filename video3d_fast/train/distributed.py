@@ -17,7 +17,8 @@ from typing import Any, List
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistContext", "init_distributed", "all_reduce_sum", "all_gather_objects", "all_agree"]
+__all__ = ["DistContext", "init_distributed", "all_reduce_sum", "all_gather_objects", "all_agree",
+           "average_gradients", "broadcast_from_main"]
 
 
 @dataclass
@@ -102,3 +103,58 @@ def all_gather_objects(obj: Any, ctx: DistContext) -> List[Any]:
     out: List[Any] = [None] * ctx.world_size
     dist.all_gather_object(out, obj)
     return out
+
+
+def _buckets(tensors: List[torch.Tensor], bucket_bytes: int) -> List[List[torch.Tensor]]:
+    """``tensors`` grouped by (dtype, device) into runs of at most ``bucket_bytes`` (one tensor may exceed it)."""
+    groups: dict = {}
+    for t in tensors:
+        groups.setdefault((t.dtype, t.device), []).append(t)
+    buckets: List[List[torch.Tensor]] = []
+    for group in groups.values():
+        current, size = [], 0
+        for t in group:
+            if current and size + t.numel() * t.element_size() > bucket_bytes:
+                buckets.append(current)
+                current, size = [], 0
+            current.append(t)
+            size += t.numel() * t.element_size()
+        buckets.append(current)
+    return buckets
+
+
+def average_gradients(params: List[torch.Tensor], ctx: DistContext, bucket_bytes: int = 64 << 20) -> None:
+    """Every parameter's ``.grad`` replaced in place by its mean over the processes, as DDP leaves it, in a
+    few flattened all-reduces (one per 64 MiB of gradients) instead of one per parameter. A parameter
+    without a gradient on this process contributes zeros, and gets one only if another process had one."""
+    if not ctx.enabled:
+        return
+    params = [p for p in params if p.requires_grad]
+    present = torch.tensor([p.grad is not None for p in params], dtype=torch.float32,
+                           device=ctx.device if ctx.device.type == "cuda" else "cpu")
+    dist.all_reduce(present, op=dist.ReduceOp.SUM)  # which gradients exist anywhere (all ranks agree)
+    grads = []
+    for p, anywhere in zip(params, present.tolist()):
+        if anywhere and p.grad is None:
+            p.grad = torch.zeros_like(p)
+        if anywhere:
+            grads.append(p.grad)
+    for bucket in _buckets(grads, bucket_bytes):
+        flat = torch._utils._flatten_dense_tensors(bucket)
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        flat /= ctx.world_size
+        for g, mean in zip(bucket, torch._utils._unflatten_dense_tensors(flat, bucket)):
+            g.copy_(mean)
+
+
+def broadcast_from_main(tensors: List[torch.Tensor], ctx: DistContext, bucket_bytes: int = 64 << 20) -> None:
+    """Rank 0's values of ``tensors`` copied into every process's, in place (the memory stays where it is:
+    CUDA graphs may have captured it), in a few flattened broadcasts."""
+    if not ctx.enabled:
+        return
+    with torch.no_grad():
+        for bucket in _buckets(list(tensors), bucket_bytes):
+            flat = torch._utils._flatten_dense_tensors(bucket)
+            dist.broadcast(flat, src=0)
+            for t, value in zip(bucket, torch._utils._unflatten_dense_tensors(flat, bucket)):
+                t.copy_(value)

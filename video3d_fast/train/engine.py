@@ -41,7 +41,15 @@ from .checkpoint import (
     restore_rng_state,
     unwrap_model,
 )
-from .distributed import DistContext, all_agree, all_gather_objects, all_reduce_sum, init_distributed
+from .distributed import (
+    DistContext,
+    all_agree,
+    all_gather_objects,
+    all_reduce_sum,
+    average_gradients,
+    broadcast_from_main,
+    init_distributed,
+)
 from .evaluation import topk_correct, video_accuracy, video_topk_entries
 from .finetune import build_model, frozen_batchnorms, select_fine_tuning, train_mode
 from .graphs import GraphedTraining, cuda_graph_unsupported_reason
@@ -185,15 +193,17 @@ class Runner:
         self.step_model = self.model
         if cfg.compile:
             self.step_model = torch.compile(self.step_model, mode=cfg.compile_mode)
-        if self.ctx.enabled:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.step_model = nn.parallel.DistributedDataParallel(self.step_model, device_ids=ids)
         self.graphed: Optional[GraphedTraining] = None
-        if cfg.cuda_graph:
-            reason = cuda_graph_unsupported_reason(self.device, self.ctx.enabled, cfg.accumulation_steps, cfg.compile)
+        if cfg.cuda_graph:  # under DDP without the wrapper: see graphs.py
+            reason = cuda_graph_unsupported_reason(self.device, self.ctx.enabled and cfg.batchnorm_sync,
+                                                   cfg.accumulation_steps, cfg.compile)
             if reason is not None:
                 raise ValueError(reason)
+            broadcast_from_main(list(self.model.parameters()) + list(self.model.buffers()), self.ctx)
             self.graphed = GraphedTraining(self.model, echo=self.echo)
+        elif self.ctx.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.step_model = nn.parallel.DistributedDataParallel(self.step_model, device_ids=ids)
 
     def _resume(self) -> int:
         """Load ``--resume_path`` into model/optimizer/schedule/scaler/RNG; return the first epoch to run."""
@@ -244,6 +254,8 @@ class Runner:
             if all_agree(len(batch) > 0, ctx):  # every rank skips an empty batch together (DDP lock-step)
                 x = self._inputs(batch.clips)
                 y = batch.clip_targets.to(self.device, non_blocking=True)
+                if self.graphed is not None:  # DDP's broadcast_buffers: every rank steps with rank 0's statistics
+                    broadcast_from_main(list(self.model.buffers()), ctx)
                 sync = last_of_group or not ctx.enabled
                 with (nullcontext() if sync else self.step_model.no_sync()):
                     with self._autocast(), ops.recompute_conv_outputs(cfg.recompute_conv):
@@ -252,14 +264,14 @@ class Runner:
                     if not all_agree(bool(torch.isfinite(loss.detach())), ctx):
                         self._diverged(epoch, i, loss)
                     self.scaler.scale(loss / group).backward()
-                pending_grads, group_synced = True, sync
+                pending_grads, group_synced = True, sync and self.graphed is None  # graphs: no DDP wrapper
                 batch_loss = loss.item()
                 loss_sum += batch_loss * len(y)
                 correct += topk_correct(logits.detach(), y, (1,))[0]
                 n += len(y)
             if last_of_group and pending_grads:
-                if ctx.enabled and not group_synced:  # the group's last micro-batch was empty: reduce by hand
-                    self._average_gradients()
+                if ctx.enabled and not group_synced:  # no DDP wrapper, or its last micro-batch was empty
+                    average_gradients(self.trainable, ctx)
                 if cfg.clip_grad_norm > 0:
                     self.scaler.unscale_(self.optimizer)
                     torch.nn.utils.clip_grad_norm_(self.trainable, cfg.clip_grad_norm)
@@ -281,14 +293,6 @@ class Runner:
         seconds = time.perf_counter() - started
         return EpochResult(epoch, loss_sum / max(n, 1), correct / max(n, 1), n_clips=int(n), skipped=int(skipped),
                            seconds=seconds, data_seconds=data_time, lr=self.schedule.current_lr())
-
-    def _average_gradients(self) -> None:
-        import torch.distributed as dist
-
-        for p in self.trainable:
-            if p.grad is not None:
-                dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
-                p.grad /= self.ctx.world_size
 
     def _diverged(self, epoch: int, iteration: int, loss: torch.Tensor):
         where = f"epoch {epoch}, iteration {iteration + 1}"

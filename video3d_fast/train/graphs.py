@@ -6,6 +6,11 @@ an H200 measured ~50 ms of per-layer wall time on torch modules and ~100 ms on t
 Python op layer, against 16-22 ms of GPU time (benchmarks/notes_triton.md). Captured once and replayed,
 a step costs its GPU time; the optimizer, loss, GradScaler and LR schedule stay eager.
 
+Under DDP the model is not wrapped in DistributedDataParallel (its hooks would run inside the capture):
+the Runner broadcasts rank 0's parameters once and its BatchNorm buffers before every step, as DDP does,
+and averages the gradients after backward in a few flattened all-reduces (``distributed.py``), without
+DDP's overlap of communication and backward.
+
 What it relies on (``torch.cuda.make_graphed_callables``): fixed input shape, dtype and layout (a batch
 that differs runs eagerly, with its memory next to the graph's pool: the Runner's training loader
 therefore drops each epoch's last partial batch; a batch that lost corrupt videos still differs); parameters updated in place (every torch
@@ -26,13 +31,13 @@ from .. import ops
 __all__ = ["GraphedTraining", "cuda_graph_unsupported_reason"]
 
 
-def cuda_graph_unsupported_reason(device: torch.device, distributed: bool, accumulation_steps: int,
+def cuda_graph_unsupported_reason(device: torch.device, sync_batchnorm: bool, accumulation_steps: int,
                                   compile: bool) -> Optional[str]:
     """Why ``--cuda_graph`` cannot run with these options, or None."""
     if device.type != "cuda":
         return f"--cuda_graph needs a CUDA device, the run uses {device.type}"
-    if distributed:
-        return "--cuda_graph does not support DDP yet (capture needs the gradient all-reduce outside the graph)"
+    if sync_batchnorm:  # its forward all-gathers statistics: collectives inside the captured graph
+        return "--cuda_graph does not support --batchnorm_sync"
     if accumulation_steps > 1:
         # the replayed backward writes every gradient into the same static buffers, which the first
         # micro-batch's .grad would alias: accumulation would be silently wrong
