@@ -139,7 +139,8 @@ def cuda_graph(fn: Callable[[], object], failures: List[str], attempts: int = 2)
     allocations stay outside the capture), or None when every attempt failed; each failure is appended
     to ``failures``. Two attempts: the first capture of the ResNeXt-101 stem's training step failed on an
     H200 in two runs ("operation failed due to a previous error during capture") while every later
-    capture, and the same step captured alone, worked."""
+    capture, and the same step captured alone, worked. Those runs captured on torch.cuda.graph's own
+    stream after warming up on another; capture now uses the warm-up stream."""
     for attempt in range(1, attempts + 1):
         try:
             side = torch.cuda.Stream()
@@ -149,7 +150,9 @@ def cuda_graph(fn: Callable[[], object], failures: List[str], attempts: int = 2)
                     fn()
             torch.cuda.current_stream().wait_stream(side)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
+            # capture on the warm-up stream: per-stream lazy state (library workspaces) was created there,
+            # not inside the capture (make_graphed_callables does the same)
+            with torch.cuda.graph(graph, stream=side):
                 fn()
             return graph
         except Exception as exc:  # the caller reports NaN and the notes say why

@@ -344,7 +344,7 @@ def _gpu_ms(fn: Callable[[], object], device: torch.device, calls: int = 10, rep
         graph = torch.cuda.CUDAGraph()
         # thread_local: a pick inside backward captures on the autograd engine's thread, and a data
         # loader's pin-memory thread may call CUDA meanwhile; neither may invalidate this capture
-        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+        with torch.cuda.graph(graph, stream=side, capture_error_mode="thread_local"):
             for _ in range(calls):
                 fn()
         graph.replay()
