@@ -6,7 +6,8 @@
 #                                                 (the batch-32 and max-autotune comparisons: a
 #                                                  later run's choice, once batch 8 is measured)
 #   TUNE=1 bash benchmarks/gpu_suite.sh           (build, then benchmarks/gpu_tune.py only: autotune the
-#                                                  conv layers of ResNeXt-101/ResNet-50/18 and write
+#                                                  conv layers of ResNeXt-101/ResNet-50/18 at batch 8,
+#                                                  then 32 (TUNE_BATCHES), as far as the budget goes; write
 #                                                  triton_tuned.json, the table to commit into
 #                                                  video3d_fast/ops/backends/triton/tuned/)
 # Steps: build the extension with its CUDA kernels (JIT, installs nothing), run the `gpu` tests, run the GPU
@@ -75,7 +76,8 @@ assert s.loaded and s.cuda_compiled
 if [ "${TUNE:-0}" = "1" ]; then
   # the whole remaining budget, less the summary's few seconds; the script stops starting shapes at --budget
   tune_left=$(( SUITE_BUDGET - ($(date +%s) - suite_start) - 15 ))
-  step tune "$tune_left" "$OUT_DIR/gpu_suite.log" "$PY" benchmarks/gpu_tune.py --out "$OUT_DIR" --batch "$BATCH" \
+  step tune "$tune_left" "$OUT_DIR/gpu_suite.log" "$PY" benchmarks/gpu_tune.py --out "$OUT_DIR" \
+    --batch "${TUNE_BATCHES:-8,32}" \
     --budget $(( tune_left - 60 ))
   {
     echo; echo "| step | rc | time |"; echo "|---|---|---|"

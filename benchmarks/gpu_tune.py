@@ -1,7 +1,7 @@
 """Autotune the triton backend's conv kernels on this GPU for the conv layers of 3D ResNeXt-101, ResNet-50
 and ResNet-18 (16x112x112 clips), and write the choices as a shipped table.
 
-    python benchmarks/gpu_tune.py --out DIR [--batch 8] [--dtype bf16] [--budget 400] [--models rx101,r50,r18]
+    python benchmarks/gpu_tune.py --out DIR [--batch 8,32] [--dtype bf16] [--budget 400] [--models rx101,r50,r18]
     python benchmarks/gpu_tune.py --smoke      # CPU + TRITON_INTERPRET=1 plumbing check, timing stand-in
 
 Per distinct layer shape (ResNeXt-101 first: its training form is the open target), the forward, dgrad
@@ -89,10 +89,15 @@ class Layer:
             conv3d_wgrad.conv3d_wgrad(self.dy, self.x, self.w, self.p, config=config)
 
 
-def _layers(args, batch: int) -> List[tuple]:
-    """(label, shape) of every distinct layer of the models, in the order given."""
-    return [(f"{model} {_shape_label(s)}", s) for model in args.models.split(",")
-            for s in _shapes(model, batch, args.smoke)]
+def _batches(args) -> List[int]:
+    return [1] if args.smoke else [int(b) for b in str(args.batch).split(",")]
+
+
+def _layers(args) -> List[tuple]:
+    """(label, shape, batch) of every distinct layer of the models, batch by batch, in the order given
+    (the problem classes of different batch sizes differ: one table holds them all)."""
+    return [(f"{model} b{batch} {_shape_label(s)}", s, batch) for batch in _batches(args)
+            for model in args.models.split(",") for s in _shapes(model, batch, args.smoke)]
 
 
 def precompile_shard(args, shard: int, shards: int) -> int:
@@ -101,8 +106,8 @@ def precompile_shard(args, shard: int, shards: int) -> int:
     kernels of ~1-2 s each would not fit a device call otherwise). Nothing is timed here."""
     device = "cpu" if args.smoke else "cuda"
     failed = 0
-    for label, s in _layers(args, 1 if args.smoke else args.batch)[shard::shards]:
-        layer = Layer(s, 1 if args.smoke else args.batch, DTYPES[args.dtype], device)
+    for label, s, batch in _layers(args)[shard::shards]:
+        layer = Layer(s, batch, DTYPES[args.dtype], device)
         for op in layer.ops:
             for cfg in layer.candidates(op):
                 try:
@@ -148,9 +153,9 @@ def run(args) -> int:
         autotune.autotune_enabled = lambda: True
         triton.testing.do_bench = cpu_bench
     dtype = DTYPES[args.dtype]
-    batch = 1 if args.smoke else args.batch
+    batches = _batches(args)
     env = environment()
-    env.update(batch=batch, dtype=args.dtype)
+    env.update(batch=",".join(map(str, batches)), dtype=args.dtype)
     print("gpu_tune:", env, flush=True)
     start = time.time()
     notes_pre = [_precompile(args, args.jobs, args.budget / 2)] if args.jobs > 1 else []
@@ -158,7 +163,7 @@ def run(args) -> int:
         print(line, flush=True)
     skipped: List[str] = []
     done = 0
-    for label, s in _layers(args, batch):
+    for label, s, batch in _layers(args):
         if time.time() - start > args.budget:
             skipped.append(label)
             continue
@@ -178,7 +183,7 @@ def run(args) -> int:
                          speedup=heuristic_ms / best_ms if best_ms > 0 else float("nan"),
                          candidates=len(timings)))
     name = autotune.device_name(torch.device(device))
-    table = dict(device=name, triton=env.get("triton"), torch=torch.__version__, batch=batch, dtype=args.dtype,
+    table = dict(device=name, triton=env.get("triton"), torch=torch.__version__, batch=batches, dtype=args.dtype,
                  created=time.strftime("%Y-%m-%d"), source="benchmarks/gpu_tune.py",
                  configs=autotune.table_from_autotuning(name))
     (out_dir / "triton_tuned.json").write_text(json.dumps(table, indent=1, sort_keys=True))
@@ -202,7 +207,7 @@ def run(args) -> int:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=None, help="results directory (default benchmarks/results)")
-    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--batch", default="8,32", help="comma-separated batch sizes, tuned in this order")
     ap.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
     ap.add_argument("--budget", type=float, default=400.0, help="seconds; later shapes are skipped")
     ap.add_argument("--models", default="rx101,r50,r18", help=f"comma-separated, of {sorted(MODELS)}")
