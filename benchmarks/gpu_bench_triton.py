@@ -367,8 +367,14 @@ def _weighted(rows: List[Dict], key: str) -> float:
 
 
 def _ratio_line(rows: List[Dict], ours_key: str, base_key: str) -> str:
-    ours, base = _weighted(rows, ours_key), _weighted(rows, base_key)
-    return f"ours {ours:.2f} ms vs {base:.2f} ms = {base / ours:.2f}x"
+    """Weighted sums over the rows that have both times (a failed CUDA-graph capture leaves NaN, which
+    would otherwise make the whole sum NaN), saying how many that is when not all."""
+    timed = [r for r in rows if math.isfinite(r.get(ours_key, math.nan)) and math.isfinite(r.get(base_key, math.nan))]
+    if not timed:
+        return "no shape has both times"
+    ours, base = _weighted(timed, ours_key), _weighted(timed, base_key)
+    part = "" if len(timed) == len(rows) else f" (the {len(timed)} of {len(rows)} shapes with both times)"
+    return f"ours {ours:.2f} ms vs {base:.2f} ms = {base / ours:.2f}x{part}"
 
 
 def summarize(b: Bench) -> List[str]:
