@@ -72,7 +72,8 @@ def environment() -> Dict[str, object]:
         # whether the triton backend ran configurations from a shipped table (tuned/*.json) on this GPU
         from video3d_fast.ops.backends.triton import autotune
 
-        env["triton_tuned_entries"] = len(autotune.shipped_tables().get(torch.cuda.get_device_name(0), {}))
+        gpu = autotune.device_name(torch.device("cuda", 0))
+        env["triton_tuned_entries"] = len(autotune.shipped_tables().get(gpu, {}))
     return env
 
 
@@ -141,20 +142,11 @@ def cuda_graph(fn: Callable[[], object], failures: List[str], attempts: int = 2)
     H200 in two runs ("operation failed due to a previous error during capture") while every later
     capture, and the same step captured alone, worked. Those runs captured on torch.cuda.graph's own
     stream after warming up on another; capture now uses the warm-up stream."""
+    from video3d_fast.ops.backends.triton.autotune import capture_graph
+
     for attempt in range(1, attempts + 1):
         try:
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                for _ in range(2):
-                    fn()
-            torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            # capture on the warm-up stream: per-stream lazy state (library workspaces) was created there,
-            # not inside the capture (make_graphed_callables does the same)
-            with torch.cuda.graph(graph, stream=side):
-                fn()
-            return graph
+            return capture_graph(fn)
         except Exception as exc:  # the caller reports NaN and the notes say why
             import traceback
 

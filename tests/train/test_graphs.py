@@ -122,7 +122,7 @@ def test_runner_with_cuda_graph_trains_the_same_weights(tmp_path, monkeypatch):
     plain.run()
     stand_in = StandIn()
     monkeypatch.setattr(torch.cuda, "make_graphed_callables", stand_in)
-    monkeypatch.setattr(engine, "cuda_graph_unsupported_reason", lambda *a: None)
+    monkeypatch.setattr(engine, "cuda_graph_unsupported_reason", lambda *a, **k: None)
     graphed = Runner(tiny_config(files, tmp_path / "graphed", n_epochs=2, no_val=True, cuda_graph=True))
     graphed.run()
     assert len(stand_in.captures) == 1 and graphed.graphed.replays > 0
@@ -139,7 +139,7 @@ def _ddp_worker(rank, world, init_file, files, out_dir, graphed):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     if graphed:  # this process's own stand-ins (the parent's monkeypatches do not reach it)
         torch.cuda.make_graphed_callables = StandIn()
-        engine.cuda_graph_unsupported_reason = lambda *a: None
+        engine.cuda_graph_unsupported_reason = lambda *a, **k: None
     ctx = DistContext(rank=rank, world_size=world, local_rank=rank, device=torch.device("cpu"))
     runner = Runner(tiny_config(files, out_dir, n_epochs=2, no_val=True, cuda_graph=graphed), ctx=ctx)
     runner.run()

@@ -195,8 +195,8 @@ class Runner:
             self.step_model = torch.compile(self.step_model, mode=cfg.compile_mode)
         self.graphed: Optional[GraphedTraining] = None
         if cfg.cuda_graph:  # under DDP without the wrapper: see graphs.py
-            reason = cuda_graph_unsupported_reason(self.device, self.ctx.enabled and cfg.batchnorm_sync,
-                                                   cfg.accumulation_steps, cfg.compile)
+            reason = cuda_graph_unsupported_reason(self.device, sync_batchnorm=self.ctx.enabled and cfg.batchnorm_sync,
+                                                   accumulation_steps=cfg.accumulation_steps, compile=cfg.compile)
             if reason is not None:
                 raise ValueError(reason)
             broadcast_from_main(list(self.model.parameters()) + list(self.model.buffers()), self.ctx)

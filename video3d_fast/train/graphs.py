@@ -13,9 +13,10 @@ DDP's overlap of communication and backward.
 
 What it relies on (``torch.cuda.make_graphed_callables``): fixed input shape, dtype and layout (a batch
 that differs runs eagerly, with its memory next to the graph's pool: the Runner's training loader
-therefore drops each epoch's last partial batch; a batch that lost corrupt videos still differs); parameters updated in place (every torch
-optimizer does); no host synchronisation inside the model (BatchNorm with ``momentum=None`` reads its
-batch count on the host: capture fails, and training goes on eagerly with a warning).
+therefore drops each epoch's last partial batch; a batch that lost corrupt videos still differs);
+parameters updated in place (every torch optimizer does); no host synchronisation inside the model
+(BatchNorm with ``momentum=None`` reads its batch count on the host: capture fails, and training goes on
+eagerly with a warning).
 """
 from __future__ import annotations
 
@@ -106,7 +107,7 @@ class GraphedTraining:
         return self.model(x)
 
     def _capture(self, x: torch.Tensor) -> None:
-        buffers = [b for b in self.model.buffers()]
+        buffers = list(self.model.buffers())
         saved = [b.detach().clone() for b in buffers]
         sample = x.detach().clone()  # the graph's static input; each replay copies the batch into it
         options = dict(num_warmup_iters=self.WARMUP_ITERS, allow_unused_input=True)

@@ -58,7 +58,7 @@ def measure_train_step(model, normalize, batch_clips: torch.Tensor, n_classes: i
     model.train()
     call = model
     if cuda_graph:
-        reason = cuda_graph_unsupported_reason(device, False, 1, False)
+        reason = cuda_graph_unsupported_reason(device, sync_batchnorm=False, accumulation_steps=1, compile=False)
         if reason is not None:
             raise ValueError(reason)
         call = GraphedTraining(model)
@@ -67,7 +67,8 @@ def measure_train_step(model, normalize, batch_clips: torch.Tensor, n_classes: i
     y = torch.randint(0, n_classes, (x.shape[0],), device=device)
 
     def step():
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None, cache_enabled=not cuda_graph):
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None,
+                            cache_enabled=not cuda_graph):
             loss = F.cross_entropy(call(x).float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -311,8 +311,8 @@ def _output_of(result) -> Optional[torch.Tensor]:
     """The tensor a launcher call produced (fprop's FwdResult: its output, else its conv output), a float
     copy, or None for anything else (timing stand-ins)."""
     if not isinstance(result, torch.Tensor):
-        result = getattr(result, "out", None) if getattr(result, "out", None) is not None else getattr(
-            result, "conv", None)
+        out = getattr(result, "out", None)
+        result = out if out is not None else getattr(result, "conv", None)
     return result.detach().float().clone() if isinstance(result, torch.Tensor) else None
 
 
@@ -322,6 +322,24 @@ def _agrees(out: Optional[torch.Tensor], reference: Optional[torch.Tensor]) -> b
     if out.shape != reference.shape or not bool(torch.isfinite(out).all()):
         return False
     return float((out - reference).norm()) <= AGREEMENT * float(reference.norm()) + 1e-6
+
+
+def capture_graph(fn: Callable[[], object], calls: int = 1, error_mode: str = "global") -> "torch.cuda.CUDAGraph":
+    """``calls`` calls of ``fn`` captured as one CUDA graph on the current device, after two warm-up calls
+    (compiles, plans, library workspaces, cuDNN's algorithm search) on the same side stream the capture
+    then uses: per-stream lazy state is created before the capture, not inside it, as in
+    make_graphed_callables. The benchmarks capture through this too."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, stream=side, capture_error_mode=error_mode):
+        for _ in range(calls):
+            fn()
+    return graph
 
 
 def _gpu_ms(fn: Callable[[], object], device: torch.device, calls: int = 10, replays: int = 10) -> float:
@@ -335,18 +353,9 @@ def _gpu_ms(fn: Callable[[], object], device: torch.device, calls: int = 10, rep
     if device.type != "cuda":
         return triton.testing.do_bench(fn, warmup=5, rep=20)
     try:
-        side = torch.cuda.Stream(device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):
-            fn()  # compile and plan outside the capture
-            fn()
-        torch.cuda.current_stream(device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
         # thread_local: a pick inside backward captures on the autograd engine's thread, and a data
         # loader's pin-memory thread may call CUDA meanwhile; neither may invalidate this capture
-        with torch.cuda.graph(graph, stream=side, capture_error_mode="thread_local"):
-            for _ in range(calls):
-                fn()
+        graph = capture_graph(fn, calls, error_mode="thread_local")
         graph.replay()
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
