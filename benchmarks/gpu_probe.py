@@ -346,6 +346,9 @@ def probe_grouped():
         # 128x16x16 for stages 1-2), and a 5-stage pipeline (4 gathers in flight instead of 2)
         autotune.KernelConfig(64, 16, 16, 4, 3), autotune.KernelConfig(64, 32, 32, 4, 3),
         autotune.KernelConfig(128, 16, 16, 4, 5),
+        # no cp.async pipeline (/1): plain loads, cached in L1, so the taps' re-reads of a tile's input
+        # neighbourhood stop going to L2 (session 8; autotune._l1_variants): expected to help stages 1-2
+        autotune.KernelConfig(128, 16, 16, 4, 1), autotune.KernelConfig(64, 16, 64, 4, 1),
     ]
     from video3d_fast.ops.backends.triton import conv3d_dgrad
 
@@ -375,7 +378,8 @@ def probe_grouped():
             # W_RUNS (stride 1 only; the heuristic for stages 3-4 since session 5), then tap-aligned tiles
             autotune.KernelConfig(64, 16, 64, 4, 3), autotune.KernelConfig(32, 32, 128, 4, 3),
             autotune.KernelConfig(64, 16, 16, 4, 3), autotune.KernelConfig(64, 32, 32, 4, 3),
-            autotune.KernelConfig(128, 16, 16, 4, 5)])
+            autotune.KernelConfig(128, 16, 16, 4, 5),
+            autotune.KernelConfig(128, 16, 16, 4, 1), autotune.KernelConfig(64, 16, 64, 4, 1)])  # L1, as fprop
         for cfg in dgrad_configs:
             plan_cfg = cfg or autotune.dgrad_candidates(p, DT, x.device)[0]
             plan = conv3d_dgrad._dgrad_plan(p, plan_cfg, CL, {}, x.device)
@@ -391,7 +395,7 @@ def probe_grouped():
             autotune.KernelConfig(16, 16, 64, 4, 3),  # tap blocks: the heuristic before
             # W_RUNS blocks with the split before (2 programs per SM) and a larger one; wider rows
             autotune.KernelConfig(16, 64, 64, 4, 3, split_k=4), autotune.KernelConfig(16, 64, 64, 4, 3, split_k=32),
-            autotune.KernelConfig(32, 128, 32, 4, 3)])
+            autotune.KernelConfig(32, 128, 32, 4, 3), autotune.KernelConfig(16, 64, 64, 4, 1)])  # L1, as fprop
         for cfg in bwd_configs:
             plan_cfg = cfg or autotune.wgrad_candidates(p, DT, x.device)[0]
             plan = conv3d_wgrad._wgrad_plan(p, plan_cfg, CL, {}, x.device)

@@ -159,6 +159,31 @@ def test_grouped_weight_gradients_take_row_run_column_blocks(monkeypatch, dtype)
         assert runs[0] and not all(runs), (p, tiles)
 
 
+def test_grouped_convs_get_unpipelined_l1_candidates(monkeypatch):
+    """Grouped convs (GPU heuristic): the first tile and the W_RUNS tile also come with num_stages=1 (plain
+    loads, cached in L1) as candidates after the tiles, in fprop, dgrad and wgrad; the heuristic's own
+    choice is unchanged; dense convs and the interpreter get none."""
+    monkeypatch.setattr(autotune, "INTERPRETED", False)
+    monkeypatch.setattr(autotune, "_sm_count", lambda device: 132)
+    cpu = torch.device("cpu")
+    stage1 = _resnext_grouped(128, (8, 28, 28))
+    for candidates in (autotune.fwd_candidates, autotune.dgrad_candidates, autotune.wgrad_candidates):
+        tiles = candidates(stage1, torch.bfloat16, cpu)
+        assert tiles[0].num_stages > 1
+        l1 = [c for c in tiles if c.num_stages == 1]
+        assert dataclasses.replace(tiles[0], num_stages=1) in l1, tiles
+        assert len(l1) == len(set(l1)) >= 2 and all(c.split_k == 0 for c in l1)
+    fwd = autotune.fwd_candidates(stage1, torch.bfloat16, cpu)
+    runs = next(c for c in fwd if c.block_k == 64 and c.num_stages == 3)  # the W_RUNS tile (48 of 64 columns)
+    assert dataclasses.replace(runs, num_stages=1) in fwd
+    dense = ops.make_params(torch.empty(8, 64, 8, 28, 28, device="meta"), torch.empty(64, 64, 3, 3, 3, device="meta"),
+                            padding=1)
+    for candidates in (autotune.fwd_candidates, autotune.dgrad_candidates, autotune.wgrad_candidates):
+        assert all(c.num_stages > 1 for c in candidates(dense, torch.bfloat16, cpu))
+    monkeypatch.setattr(autotune, "INTERPRETED", True)
+    assert autotune._l1_variants([autotune.KernelConfig(64, 16, 16, 4, 3)], groups=32) == []
+
+
 def test_weight_gradient_split_gives_small_tiles_more_programs(monkeypatch):
     """Split-K of wgrad: 2 programs per SM for 64x64 tiles, 8 for 16x64 (grouped), never fewer than 8
     position steps per program, and an explicit split_k wins."""

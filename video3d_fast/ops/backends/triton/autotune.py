@@ -1,5 +1,6 @@
 """Tile configurations of the conv kernels: per op and problem, a list of candidates (the heuristic's
-tiles, best guess first, then that tile with explicit split-K factors) and one choice, made once per
+tiles, best guess first, then for grouped convs unpipelined variants whose loads are cached in L1, then the
+first tile with explicit split-K factors) and one choice, made once per
 problem and process (``pick``), in this order:
 
 1. ``VIDEO3D_FAST_TRITON_AUTOTUNE=1``: every candidate is timed once per problem on the device (GPU time,
@@ -185,7 +186,7 @@ def fwd_candidates(p: Conv3dParams, dtype: torch.dtype, device: torch.device) ->
                            p.out_channels, p.kernel[2], dtype, device)
     # the heuristic tile with explicit split-K factors, for autotuning and shipped tables (fwd_split decides
     # from the tile count alone; between one and two waves of CTAs it cannot tell)
-    return tiles + _split_variants(tiles, (1, 2, 4))
+    return tiles + _l1_variants(tiles, p.groups) + _split_variants(tiles, (1, 2, 4))
 
 
 def dgrad_candidates(p: Conv3dParams, dtype: torch.dtype, device: torch.device) -> List[KernelConfig]:
@@ -195,7 +196,7 @@ def dgrad_candidates(p: Conv3dParams, dtype: torch.dtype, device: torch.device) 
     if p.stride == (1, 1, 1):  # W_RUNS dgrad walks every tap: stride 1 only (one phase)
         tiles = _with_row_runs(tiles, rows, p.in_channels_per_group, p.out_channels_per_group, p.groups,
                                p.in_channels, p.kernel[2], dtype, device)
-    return tiles + _split_variants(tiles, (1, 4, 16))
+    return tiles + _l1_variants(tiles, p.groups) + _split_variants(tiles, (1, 4, 16))
 
 
 def wgrad_candidates(p: Conv3dParams, dtype: torch.dtype, device: torch.device) -> List[KernelConfig]:
@@ -224,7 +225,25 @@ def wgrad_candidates(p: Conv3dParams, dtype: torch.dtype, device: torch.device) 
         # (32x128x64 bf16 / 32x128x32 fp32 spill 8 bytes on sm_90: 32 / 16 position steps there)
         tiles.insert(0, KernelConfig(bm, runs_bn, _half_k_for_fp32(64 if bm * runs_bn < 64 * 64 else 32, dtype),
                                      4, 3))
-    return tiles + _split_variants(tiles, (1, 8, 32))
+    return tiles + _l1_variants(tiles, p.groups) + _split_variants(tiles, (1, 8, 32))
+
+
+def _l1_variants(tiles: List[KernelConfig], groups: int) -> List[KernelConfig]:
+    """Grouped convs: the first and the last tile (the W_RUNS one where it exists) without the cp.async
+    pipeline, candidates only. Pipelined loads become 16-byte ``cp.async.cg`` copies, which bypass L1, so
+    each of a tile's 27 taps (9 filter rows) re-reads its input neighbourhood from L2: ResNeXt's stage 1
+    moves ~27x its input through L2 (~350 MB at batch 8, 143 us against ~8 us of HBM traffic). With
+    num_stages=1 the same gathers are plain ``ld.global`` loads (sm_90 build: 16-byte ``ld.global.v4``),
+    cached in L1, and the small tiles (47-110 registers) leave room for 4-8 CTAs per SM to hide their
+    latency. Stages 3-4 (one wave, latency-bound) are not expected to gain; stages 1-2 may."""
+    if groups == 1 or INTERPRETED:
+        return []
+    variants = []
+    for tile in (tiles[0], tiles[-1]):
+        l1 = dataclasses.replace(tile, num_stages=1)
+        if tile.num_stages > 1 and l1 not in tiles and l1 not in variants:
+            variants.append(l1)
+    return variants
 
 
 def _split_variants(tiles: List[KernelConfig], splits: Tuple[int, ...]) -> List[KernelConfig]:
