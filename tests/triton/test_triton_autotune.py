@@ -129,6 +129,8 @@ def test_grouped_convs_take_the_row_run_loop_where_latency_bound(monkeypatch, dt
         fwd, dgrad = autotune.fwd_candidates(p, dtype, cpu), autotune.dgrad_candidates(p, dtype, cpu)
         assert fwd_runs(p, fwd[0]) and dgrad_runs(p, dgrad[0]), (fwd[0], dgrad[0])
         assert not fwd_runs(p, fwd[1])  # the tap-aligned tile stays in the list
+        for tiles in (fwd, dgrad):  # and a deeper pipeline of the W_RUNS tile is a candidate
+            assert dataclasses.replace(tiles[0], num_stages=5) in tiles
     stage4 = autotune.fwd_candidates(_resnext_grouped(1024, (1, 4, 4)), dtype, cpu)[0]
     assert (stage4.block_n, stage4.block_k) == (32, 128)  # 3 runs of one 32-channel group
     if dtype == torch.float32:

@@ -175,7 +175,9 @@ def _with_row_runs(tiles: List[KernelConfig], rows: int, out_per_group: int, red
     if runs is None or runs in tiles:
         return tiles
     if _latency_bound(rows, out_per_group, red_per_group, groups, runs, device):
-        return [runs] + tiles
+        # one wave of programs, each a serial loop of 9 filter rows that waits on its gathers: a 5-stage
+        # pipeline keeps 4 of them in flight instead of 2 (sm_90: 51-80 registers bf16, 72-150 fp32)
+        return [runs] + tiles + [dataclasses.replace(runs, num_stages=5)]
     return tiles + [runs]
 
 
@@ -229,8 +231,8 @@ def wgrad_candidates(p: Conv3dParams, dtype: torch.dtype, device: torch.device) 
 
 
 def _l1_variants(tiles: List[KernelConfig], groups: int) -> List[KernelConfig]:
-    """Grouped convs: the first and the last tile (the W_RUNS one where it exists) without the cp.async
-    pipeline, candidates only. Pipelined loads become 16-byte ``cp.async.cg`` copies, which bypass L1, so
+    """Grouped convs: the first and the last tile (one of them the W_RUNS tile where it exists) without the
+    cp.async pipeline, candidates only. Pipelined loads become 16-byte ``cp.async.cg`` copies, which bypass L1, so
     each of a tile's 27 taps (9 filter rows) re-reads its input neighbourhood from L2: ResNeXt's stage 1
     moves ~27x its input through L2 (~350 MB at batch 8, 143 us against ~8 us of HBM traffic). With
     num_stages=1 the same gathers are plain ``ld.global`` loads (sm_90 build: 16-byte ``ld.global.v4``),
