@@ -335,20 +335,20 @@ def probe_grouped():
         (512, (4, 14, 14), 2)]
     n, groups = (1, 8) if SMOKE else (8, 32)
     # Each tiling is one Triton compile (~1-2 s on the GPU host; shapes are runtime arguments, but the loop
-    # kind a tiling takes on a shape is a constexpr): ~30 compiles in all, so the lists stay short.
+    # kind a tiling takes on a shape is a constexpr): ~30 compiles in all, so the lists stay short (a
+    # TUNE=1 suite run times every candidate of every layer; these rows say which loop kind wins where).
     configs = [autotune.KernelConfig(16, 16, 64, 4, 3)] if SMOKE else [
         # W_RUNS (one (t, r) filter row of S*CT channels per K step: 9 steps instead of 27), the
-        # heuristic since session 5 where fewer than 4 programs per SM run (stages 3-4)
+        # heuristic since session 5 where fewer than 4 programs per SM run (stages 3-4), and deeper
         autotune.KernelConfig(64, 16, 64, 4, 3), autotune.KernelConfig(32, 16, 64, 4, 3),
-        autotune.KernelConfig(128, 16, 64, 4, 3), autotune.KernelConfig(64, 16, 64, 4, 5),
-        autotune.KernelConfig(32, 32, 128, 4, 3),
-        # the tap-aligned loop: the heuristic before (64x16x16 stage 3, 64x32x32 + split-K stage 4; still
-        # 128x16x16 for stages 1-2), and a 5-stage pipeline (4 gathers in flight instead of 2)
-        autotune.KernelConfig(64, 16, 16, 4, 3), autotune.KernelConfig(64, 32, 32, 4, 3),
-        autotune.KernelConfig(128, 16, 16, 4, 5),
+        autotune.KernelConfig(64, 16, 64, 4, 5),
+        # the tap-aligned loop (the heuristic of stages 1-2)
+        autotune.KernelConfig(64, 16, 16, 4, 3),
         # no cp.async pipeline (/1): plain loads, cached in L1, so the taps' re-reads of a tile's input
         # neighbourhood stop going to L2 (session 8; autotune._l1_variants): expected to help stages 1-2
         autotune.KernelConfig(128, 16, 16, 4, 1), autotune.KernelConfig(64, 16, 64, 4, 1),
+        # whole taps per K step (TAP_RUNS, session 8): 8 taps of 16 (32) channels, 4 steps instead of 9
+        autotune.KernelConfig(64, 16, 128, 4, 3), autotune.KernelConfig(32, 32, 256, 4, 3),
     ]
     from video3d_fast.ops.backends.triton import conv3d_dgrad
 
@@ -364,7 +364,8 @@ def probe_grouped():
             plan_cfg = cfg or autotune.fwd_candidates(p, DT, x.device)[0]
             plan = conv3d_fwd._fwd_plan(p, plan_cfg, CL, None, {}, x.device).conv
             loop = ("runs" if plan.constexprs["W_RUNS"] else "aligned" if plan.constexprs["TAP_ALIGNED"]
-                    else "flat") + (f" split {plan.grid[2]}" if plan.grid[2] > 1 else "")
+                    else "taps" if plan.constexprs["TAP_RUNS"] else "flat") + (
+                f" split {plan.grid[2]}" if plan.grid[2] > 1 else "")
             name = f"{plan_cfg.block_m}x{plan_cfg.block_n}x{plan_cfg.block_k}/{plan_cfg.num_stages} {loop}"
             variant("grouped", f"{label} fprop {'heuristic ' if cfg is None else ''}{name}",
                     lambda: conv3d_fwd.conv3d_fwd(x, w, p, config=plan_cfg), ref, output=lambda r: r.out)
@@ -375,15 +376,16 @@ def probe_grouped():
         gx_ref, gw_ref = cudnn_bwd()[:2]
         row("grouped", label + " cuDNN dgrad+wgrad", ms(cudnn_bwd))
         dgrad_configs = [None] + ([autotune.KernelConfig(16, 16, 64, 4, 3)] if SMOKE else [
-            # W_RUNS (stride 1 only; the heuristic for stages 3-4 since session 5), then tap-aligned tiles
-            autotune.KernelConfig(64, 16, 64, 4, 3), autotune.KernelConfig(32, 32, 128, 4, 3),
-            autotune.KernelConfig(64, 16, 16, 4, 3), autotune.KernelConfig(64, 32, 32, 4, 3),
-            autotune.KernelConfig(128, 16, 16, 4, 5),
-            autotune.KernelConfig(128, 16, 16, 4, 1), autotune.KernelConfig(64, 16, 64, 4, 1)])  # L1, as fprop
+            # W_RUNS (stride 1 only; the heuristic for stages 3-4 since session 5), a tap-aligned tile, then
+            # as fprop: L1 (/1) and whole taps per K step
+            autotune.KernelConfig(64, 16, 64, 4, 3), autotune.KernelConfig(64, 16, 16, 4, 3),
+            autotune.KernelConfig(128, 16, 16, 4, 1),
+            autotune.KernelConfig(64, 16, 128, 4, 3), autotune.KernelConfig(32, 32, 256, 4, 3)])
         for cfg in dgrad_configs:
             plan_cfg = cfg or autotune.dgrad_candidates(p, DT, x.device)[0]
             plan = conv3d_dgrad._dgrad_plan(p, plan_cfg, CL, {}, x.device)
-            loop = "runs" if plan.constexprs["W_RUNS"] else "aligned" if plan.constexprs["TAP_ALIGNED"] else "flat"
+            loop = ("runs" if plan.constexprs["W_RUNS"] else "aligned" if plan.constexprs["TAP_ALIGNED"]
+                    else "taps" if plan.constexprs["TAP_RUNS"] else "flat")
             if plan.constexprs["SPLIT_K"]:
                 loop += f" split {plan.grid[2] // s ** 3}"
             name = f"{plan_cfg.block_m}x{plan_cfg.block_n}x{plan_cfg.block_k}/{plan_cfg.num_stages} {loop}"
@@ -393,14 +395,15 @@ def probe_grouped():
         # the heuristic since session 5) take 9 blocks; tap blocks (the heuristic before) 27
         bwd_configs = [None] + ([] if SMOKE else [
             autotune.KernelConfig(16, 16, 64, 4, 3),  # tap blocks: the heuristic before
-            # W_RUNS blocks with the split before (2 programs per SM) and a larger one; wider rows
-            autotune.KernelConfig(16, 64, 64, 4, 3, split_k=4), autotune.KernelConfig(16, 64, 64, 4, 3, split_k=32),
-            autotune.KernelConfig(32, 128, 32, 4, 3), autotune.KernelConfig(16, 64, 64, 4, 1)])  # L1, as fprop
+            # W_RUNS blocks with a larger split than the heuristic's, and without the pipeline (L1, as fprop)
+            autotune.KernelConfig(16, 64, 64, 4, 3, split_k=32), autotune.KernelConfig(16, 64, 64, 4, 1),
+            # whole-tap column blocks (TAP_RUNS, session 8): all 27 taps of 16 channels, dy read once
+            autotune.KernelConfig(16, 512, 16, 4, 3), autotune.KernelConfig(16, 512, 16, 4, 1)])
         for cfg in bwd_configs:
             plan_cfg = cfg or autotune.wgrad_candidates(p, DT, x.device)[0]
             plan = conv3d_wgrad._wgrad_plan(p, plan_cfg, CL, {}, x.device)
             loop = ("runs" if plan.constexprs["W_RUNS"] else "aligned" if plan.constexprs["TAP_ALIGNED"]
-                    else "flat") + f" split {plan.grid[2]}"
+                    else "taps" if plan.constexprs["TAP_RUNS"] else "flat") + f" split {plan.grid[2]}"
             name = f"{plan_cfg.block_m}x{plan_cfg.block_n}x{plan_cfg.block_k}/{plan_cfg.num_stages} {loop}"
             variant("grouped", f"{label} wgrad {'heuristic ' if cfg is None else ''}{name}",
                     lambda: conv3d_wgrad.conv3d_wgrad(dy, x, w, p, config=plan_cfg), gw_ref)

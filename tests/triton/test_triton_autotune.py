@@ -12,6 +12,7 @@ import triton.testing
 
 from video3d_fast import ops
 from video3d_fast.ops.backends.triton import autotune
+from video3d_fast.ops.backends.triton.common import cdiv
 
 P = ops.make_params(torch.empty(2, 16, 4, 8, 8), torch.empty(32, 16, 3, 3, 3), padding=1)
 CANDIDATES = [autotune.KernelConfig(64, 32, 16), autotune.KernelConfig(32, 32, 16),
@@ -141,7 +142,34 @@ def test_grouped_convs_take_the_row_run_loop_where_latency_bound(monkeypatch, dt
     stage1 = _resnext_grouped(128, (8, 28, 28))
     fwd = autotune.fwd_candidates(stage1, dtype, cpu)
     tiles = [c for c in fwd if c.split_k == 0]
-    assert not fwd_runs(stage1, tiles[0]) and fwd_runs(stage1, tiles[-1])
+    assert not fwd_runs(stage1, tiles[0]) and any(fwd_runs(stage1, c) for c in tiles[1:])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_grouped_convs_have_a_whole_tap_candidate(monkeypatch, dtype):
+    """fprop and dgrad (strided too) of ResNeXt-101's grouped convs: a TAP_RUNS candidate taking 8 taps
+    per K step (at most 128 columns in fp32, where 32-channel taps then go to W_RUNS: none at stage 4),
+    after the heuristic's tiles; its plans take that loop."""
+    from video3d_fast.ops.backends.triton import conv3d_dgrad, conv3d_fwd
+
+    monkeypatch.setattr(autotune, "INTERPRETED", False)
+    monkeypatch.setattr(autotune, "_sm_count", lambda device: 132)
+    cpu = torch.device("cpu")
+    for p in (_resnext_grouped(128, (8, 28, 28)), _resnext_grouped(512, (2, 7, 7)),
+              _resnext_grouped(1024, (1, 4, 4)), _resnext_grouped(512, (4, 14, 14), stride=2)):
+        for candidates, plan_of in (
+                (autotune.fwd_candidates,
+                 lambda cfg: conv3d_fwd._fwd_plan(p, cfg, torch.channels_last_3d, None, {}, cpu).conv),
+                (autotune.dgrad_candidates,
+                 lambda cfg: conv3d_dgrad._dgrad_plan(p, cfg, torch.channels_last_3d, {}, cpu))):
+            tiles = candidates(p, dtype, cpu)
+            whole = [c for c in tiles if plan_of(c).constexprs["TAP_RUNS"] and c.split_k == 0]
+            if dtype == torch.float32 and p.in_channels == 1024:
+                assert not whole, tiles
+                continue
+            assert whole and tiles[0] not in whole, (p, tiles)
+            ct = whole[0].block_k // 8
+            assert ct in (16, 32) and plan_of(whole[0]).constexprs["RUN_C"] == ct
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
@@ -159,6 +187,27 @@ def test_grouped_weight_gradients_take_row_run_column_blocks(monkeypatch, dtype)
         runs = [conv3d_wgrad.w_runs(p, c, group_tiling(p.groups, p.out_channels_per_group,
                                                          p.in_channels_per_group, c.block_m)) for c in tiles]
         assert runs[0] and not all(runs), (p, tiles)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_grouped_weight_gradients_have_a_whole_tap_column_candidate(monkeypatch, dtype):
+    """ResNeXt-101's grouped wgrads: a TAP_RUNS candidate whose column block holds all 27 taps of a
+    16-channel tile in 16-bit (dy read once), 256 columns otherwise; the W_RUNS tile stays the heuristic."""
+    from video3d_fast.ops.backends.triton import conv3d_wgrad
+    from video3d_fast.ops.backends.triton.grouped import group_tiling
+
+    monkeypatch.setattr(autotune, "INTERPRETED", False)
+    monkeypatch.setattr(autotune, "_sm_count", lambda device: 132)
+    for c, size, col_tiles in ((128, (8, 28, 28), 1), (512, (2, 7, 7), 1), (1024, (1, 4, 4), 4)):
+        p = _resnext_grouped(c, size)
+        tiles = autotune.wgrad_candidates(p, dtype, torch.device("cpu"))
+        whole = [t for t in tiles if t.block_n >= 256]
+        assert whole and tiles[0] not in whole, tiles
+        plan = conv3d_wgrad._wgrad_plan(p, whole[0], torch.channels_last_3d, {}, torch.device("cpu"))
+        assert plan.constexprs["TAP_RUNS"] and not plan.constexprs["W_RUNS"]
+        tiling = group_tiling(p.groups, p.out_channels_per_group, p.in_channels_per_group, whole[0].block_m)
+        expected = col_tiles if dtype == torch.bfloat16 or c == 1024 else cdiv(27 * tiling.red_per_tile, 256)
+        assert plan.grid[1] == expected, (c, whole[0], plan.grid)
 
 
 def test_grouped_convs_get_unpipelined_l1_candidates(monkeypatch):

@@ -47,6 +47,8 @@ PROBLEMS = {
     "grouped_s2": (1, 48, 24, (4, 5, 5), (3, 3, 3), (2, 2, 2), (1, 1, 1), (1, 1, 1), 3),
     # ResNeXt stage 3-like: 16 channels per group, one group per 16-wide tile; dilated in W
     "grouped_wide": (2, 32, 32, (3, 4, 5), (3, 3, 3), (1, 1, 1), (1, 1, 2), (1, 1, 2), 2),
+    # 12 channels per group: taps that are not a power of two wide (flattened wgrad columns)
+    "grouped_odd": (1, 24, 24, (3, 4, 5), (3, 3, 3), (1, 1, 1), (1, 1, 1), (1, 1, 1), 2),
     # W = 1 (a narrow network's last stage): the W stride is 0, so an (s, c) run is not dense
     "thin": (2, 16, 16, (3, 4, 1), (3, 3, 3), (1, 1, 1), (1, 1, 1), (1, 1, 1), 1),
 }
@@ -81,36 +83,41 @@ def _tiling(p, cfg, kind):
     return t, t.red_per_tile % cfg.block_n == 0
 
 
-# (problem, (block_m, block_n, block_k), expected tap_aligned, w_runs, block_diagonal, full_groups)
+# (problem, (block_m, block_n, block_k), expected tap_aligned, w_runs, tap_runs, block_diagonal, full_groups)
 FWD_PATHS = [
-    ("dense", (32, 16, 16), True, False, False, True),  # aligned, two row and two column tiles
-    ("dense", (32, 32, 32), False, False, False, True),  # flattened K (16 channels, 32-wide K steps)
-    ("stem", (32, 16, 16), False, True, False, True),  # C=3: one (t, r) filter row of 3x3 per K step
-    ("stem", (32, 16, 32), False, True, False, True),
-    ("stem", (64, 16, 16), False, False, False, True),  # and the flattened loop, forced (see the test)
-    ("dense", (32, 16, 64), False, True, False, True),  # W_RUNS with one contiguous run of 3*16 (DENSE_RUN)
-    ("strided", (16, 16, 16), True, False, False, True),
-    ("grouped", (32, 16, 16), True, False, True, True),  # 4 groups per tile, block-diagonal
-    ("grouped", (64, 32, 64), False, False, True, True),
-    ("grouped_s2", (32, 16, 64), False, False, True, False),  # Kg=8: 2 groups/tile of 3 -> partial last block
-    ("grouped_s2", (32, 16, 32), True, False, True, False),  # 2*16 channels per tap: aligned, masked channels
+    ("dense", (32, 16, 16), True, False, False, False, True),  # aligned, two row and two column tiles
+    ("dense", (32, 32, 32), False, False, True, False, True),  # whole taps: 2 of 16 channels per K step
+    ("stem", (32, 16, 16), False, True, False, False, True),  # C=3: one (t, r) filter row of 3x3 per K step
+    ("stem", (32, 16, 32), False, True, False, False, True),
+    ("stem", (64, 16, 16), False, False, False, False, True),  # and the flattened loop, forced (see the test)
+    ("grouped_odd", (32, 16, 32), False, False, False, False, True),  # CT = 12: flattened K steps
+    ("dense", (32, 16, 64), False, True, False, False, True),  # W_RUNS, one contiguous run of 3*16 (DENSE_RUN)
+    ("strided", (16, 16, 16), True, False, False, False, True),
+    ("grouped", (32, 16, 16), True, False, False, True, True),  # 4 groups per tile, block-diagonal
+    ("grouped", (64, 32, 64), False, False, True, True, True),  # 8 groups of 4: 2 taps of 32 per K step
+    ("grouped_s2", (32, 16, 64), False, False, True, True, False),  # Kg=8: 2 groups/tile of 3 -> partial block
+    ("grouped_s2", (32, 16, 32), True, False, False, True, False),  # 2*16 channels per tap: aligned, masked
     # W_RUNS on grouped tiles: one (t, r) filter row per K step
-    ("grouped", (32, 16, 64), False, True, True, True),  # 4 groups of 4: 3*16 of 64 columns, block-diagonal
-    ("grouped_s2", (32, 16, 128), False, True, True, False),  # stride 2, 2 groups per tile of 3 groups
-    ("grouped_wide", (32, 16, 64), False, True, False, True),  # one group of 16 per tile, dilation 2 in W
+    ("grouped", (32, 16, 64), False, True, False, True, True),  # 4 groups of 4: 3*16 of 64 columns
+    ("grouped_s2", (32, 16, 128), False, True, False, True, False),  # stride 2, 2 groups per tile of 3
+    ("grouped_wide", (32, 16, 64), False, True, False, False, True),  # one group of 16, dilation 2 in W
+    # TAP_RUNS where a filter row would fill less than half a step: 8 taps of 16 channels, 4 K steps
+    ("grouped", (32, 16, 128), False, False, True, True, True),
+    ("grouped_wide", (32, 16, 128), False, False, True, False, True),
 ]
 
 
-@pytest.mark.parametrize("name,blocks,aligned,runs,diag,full", FWD_PATHS)
-def test_fwd_kernel_paths_match_aten(name, blocks, aligned, runs, diag, full, monkeypatch):
+@pytest.mark.parametrize("name,blocks,aligned,runs,tap_runs,diag,full", FWD_PATHS)
+def test_fwd_kernel_paths_match_aten(name, blocks, aligned, runs, tap_runs, diag, full, monkeypatch):
     autotune, conv3d_fwd, _, _, _ = _kernels()
     x, w, _, p = _problem(name, layout="ndhwc")
     cfg = autotune.KernelConfig(*blocks)
     tiling, tap_aligned = _tiling(p, cfg, "fwd")
     if name == "stem" and not runs:
         monkeypatch.setattr(conv3d_fwd, "w_runs", lambda *args: False)
-    assert (tap_aligned, conv3d_fwd.w_runs(p, cfg, tiling), tiling.block_diagonal, tiling.full_groups) == (
-        aligned, runs, diag, full)
+    plan = conv3d_fwd._fwd_plan(p, cfg, torch.channels_last_3d, None, {}, torch.device(DEVICE)).conv
+    assert (tap_aligned, plan.constexprs["W_RUNS"], plan.constexprs["TAP_RUNS"], tiling.block_diagonal,
+            tiling.full_groups) == (aligned, runs, tap_runs, diag, full)
     scale = torch.rand(p.out_channels, device=DEVICE) + 0.5
     shift = torch.randn(p.out_channels, device=DEVICE)
     res = torch.randn(p.out_shape, device=DEVICE)
@@ -182,7 +189,8 @@ def test_dense_runs_only_where_the_input_row_is_dense(name, dense):
 SPLIT_PATHS = [  # (problem, (block_m, block_n, block_k, split_k)): every K-loop kind, sliced
     ("dense", (32, 16, 16, 5)),  # tap-aligned: 27 steps in 5 slices of 6 (the last one short)
     ("stem", (32, 16, 16, 4)),  # W_RUNS: 9 (t, r) rows in 3 slices of 3 (split 4 -> 3, no empty slice)
-    ("grouped_s2", (32, 16, 64, 2)),  # flattened block-diagonal tiles with a partial group block
+    ("grouped_s2", (32, 16, 64, 2)),  # whole-tap steps, block-diagonal tiles with a partial group block
+    ("grouped_odd", (32, 16, 32, 2)),  # flattened K steps (12 channels per tap)
     ("strided", (16, 16, 16, 3)),
     ("grouped", (32, 16, 64, 4)),  # W_RUNS on block-diagonal tiles: 9 filter rows in 3 slices of 3
 ]
@@ -240,30 +248,33 @@ def test_fwd_split_k_in_half_precision_on_ncdhw_input(name, blocks, dtype):
     assert_close(r.out, out, dtype, "epilogue output")
 
 
-DGRAD_PATHS = [  # (problem, blocks, tap_aligned, w_runs, block_diagonal, full_groups)
-    ("dense", (32, 16, 16), True, False, False, True),
-    ("dense", (32, 16, 64), False, False, False, True),
-    ("strided", (16, 16, 16), True, False, False, True),  # 12 stride phases, some without taps
-    ("strided", (16, 16, 32), False, False, False, True),
-    ("grouped", (64, 16, 16), True, False, True, True),
-    ("grouped_s2", (32, 32, 32), False, False, True, False),  # dgrad: out = C/g = 16, red = K/g = 8
-    ("grouped_s2", (32, 32, 16), True, False, True, False),
+DGRAD_PATHS = [  # (problem, blocks, tap_aligned, w_runs, tap_runs, block_diagonal, full_groups)
+    ("dense", (32, 16, 16), True, False, False, False, True),
+    ("dense", (32, 16, 64), False, False, True, False, True),  # whole taps: 2 of 32 channels per K step
+    ("strided", (16, 16, 16), True, False, False, False, True),  # 12 stride phases, some without taps
+    ("strided", (16, 16, 32), False, False, True, False, True),  # whole taps of each phase
+    ("grouped", (64, 16, 16), True, False, False, True, True),
+    ("grouped_s2", (32, 32, 32), False, False, True, True, False),  # out = C/g = 16, red = K/g = 8, stride 2
+    ("grouped_s2", (32, 32, 16), True, False, False, True, False),
+    ("grouped_odd", (32, 16, 32), False, False, False, False, True),  # KT = 12: flattened K steps
     # W_RUNS (stride 1): one (t, r) filter row of S runs per K step
-    ("dense", (32, 16, 128), False, True, False, True),  # 3 runs of 32 output-gradient channels
-    ("grouped", (32, 16, 64), False, True, True, True),  # 4 groups of 4 per tile, block-diagonal
-    ("grouped_wide", (32, 16, 64), False, True, False, True),  # one group of 16, dilation 2 in W
-    ("grouped_s2", (32, 32, 64), False, False, True, False),  # stride 2: never W_RUNS
+    ("dense", (32, 16, 128), False, True, False, False, True),  # 3 runs of 32 output-gradient channels
+    ("grouped", (32, 16, 64), False, True, False, True, True),  # 4 groups of 4 per tile, block-diagonal
+    ("grouped_wide", (32, 16, 64), False, True, False, False, True),  # one group of 16, dilation 2 in W
+    ("grouped_s2", (32, 32, 64), False, False, True, True, False),  # stride 2: never W_RUNS
+    ("grouped", (32, 16, 128), False, False, True, True, True),  # a row would fill 48 of 128: 8 taps
 ]
 
 
-@pytest.mark.parametrize("name,blocks,aligned,runs,diag,full", DGRAD_PATHS)
-def test_dgrad_kernel_paths_match_aten(name, blocks, aligned, runs, diag, full):
+@pytest.mark.parametrize("name,blocks,aligned,runs,tap_runs,diag,full", DGRAD_PATHS)
+def test_dgrad_kernel_paths_match_aten(name, blocks, aligned, runs, tap_runs, diag, full):
     autotune, _, conv3d_dgrad, _, _ = _kernels()
     x, w, dy, p = _problem(name, layout="ndhwc", seed=1)
     cfg = autotune.KernelConfig(*blocks)
     tiling, tap_aligned = _tiling(p, cfg, "dgrad")
-    assert (tap_aligned, conv3d_dgrad.w_runs(p, cfg, tiling), tiling.block_diagonal, tiling.full_groups) == (
-        aligned, runs, diag, full)
+    plan = conv3d_dgrad._dgrad_plan(p, cfg, torch.channels_last_3d, {}, torch.device(DEVICE))
+    assert (tap_aligned, plan.constexprs["W_RUNS"], plan.constexprs["TAP_RUNS"], tiling.block_diagonal,
+            tiling.full_groups) == (aligned, runs, tap_runs, diag, full)
     with poison_outputs():
         gx = conv3d_dgrad.conv3d_dgrad(dy, w, p, torch.channels_last_3d, config=cfg)
     assert gx.is_contiguous(memory_format=torch.channels_last_3d)
@@ -274,7 +285,8 @@ DGRAD_SPLIT_PATHS = [  # (problem, (block_m, block_n, block_k, split_k), slices 
     ("dense", (32, 16, 16, 3), 3),  # tap-aligned: 54 K steps in 3 slices of 18
     ("strided", (16, 16, 16, 2), 2),  # 12 stride phases with 0-4 taps: short phases leave slices empty
     ("grouped", (32, 16, 64, 4), 3),  # W_RUNS, block-diagonal: 9 filter rows in 3 slices (4 -> 3)
-    ("grouped_s2", (32, 32, 32, 2), 2),  # flattened block-diagonal tiles, partial group block, stride 2
+    ("grouped_s2", (32, 32, 32, 2), 2),  # whole-tap steps, block-diagonal, partial group block, stride 2
+    ("grouped_odd", (32, 16, 32, 2), 2),  # flattened K steps (12 channels per tap)
 ]
 
 
@@ -309,33 +321,37 @@ def test_dgrad_split_k_in_half_precision_into_ncdhw(dtype):
     assert_close(gx, _aten_grads(x, w, dy, p)[0], dtype, "grad input")
 
 
-WGRAD_PATHS = [  # (problem, (block_m, block_n, block_k, split_k), tap_aligned, w_runs, block_diag, full_groups)
-    ("dense", (16, 16, 32, 1), True, False, False, True),  # rows: 32 channels in 2 tiles; direct write
-    ("dense", (32, 32, 16, 3), False, False, False, True),  # split-K over 3 position slices
-    ("stem", (16, 16, 32, 2), False, True, False, True),  # one (t, r) filter row (3x3 columns) per block
-    ("stem", (32, 16, 32, 2), False, False, False, True),  # and the flattened columns, forced (see test)
-    ("strided", (16, 16, 64, 4), True, False, False, True),
-    ("grouped", (16, 16, 32, 2), True, False, True, True),
-    ("grouped", (32, 64, 16, 1), False, False, True, True),
-    ("grouped_s2", (16, 64, 16, 3), False, False, True, False),  # rows: 2 groups of Kg=8 per tile, 3 groups
-    ("grouped_s2", (16, 32, 16, 2), True, False, True, False),
+WGRAD_PATHS = [  # (problem, (block_m, block_n, block_k, split_k), tap_aligned, w_runs, tap_runs, block_diag,
+    #               full_groups)
+    ("dense", (16, 16, 32, 1), True, False, False, False, True),  # rows: 32 channels in 2 tiles; direct write
+    ("dense", (32, 32, 16, 3), False, False, True, False, True),  # split-K over 3 position slices; 2 taps/block
+    ("stem", (16, 16, 32, 2), False, True, False, False, True),  # one (t, r) filter row (3x3 columns) per block
+    ("stem", (32, 16, 32, 2), False, False, False, False, True),  # and the flattened columns, forced (see test)
+    ("strided", (16, 16, 64, 4), True, False, False, False, True),
+    ("grouped", (16, 16, 32, 2), True, False, False, True, True),
+    ("grouped", (32, 64, 16, 1), False, False, True, True, True),  # 8 groups of 4: 2 whole taps per block
+    ("grouped", (16, 512, 16, 2), False, False, True, True, True),  # all 27 taps in one block: dy read once
+    ("grouped_s2", (16, 64, 16, 3), False, False, True, True, False),  # rows: 2 groups of Kg=8, 3 groups
+    ("grouped_s2", (16, 32, 16, 2), True, False, False, True, False),
+    ("grouped_odd", (16, 32, 16, 2), False, False, False, False, True),  # CT = 12: flattened columns
     # W_RUNS on grouped tiles: a column block is one (t, r) filter row
-    ("grouped", (16, 64, 32, 2), False, True, True, True),  # 4 groups of 4: 3*16 of 64 columns
-    ("grouped_s2", (16, 128, 16, 2), False, True, True, False),  # stride 2, 2 groups per tile of 3 groups
-    ("grouped_wide", (16, 64, 32, 1), False, True, False, True),  # one group of 16, dilation 2 in W
+    ("grouped", (16, 64, 32, 2), False, True, False, True, True),  # 4 groups of 4: 3*16 of 64 columns
+    ("grouped_s2", (16, 128, 16, 2), False, True, False, True, False),  # stride 2, 2 groups per tile of 3 groups
+    ("grouped_wide", (16, 64, 32, 1), False, True, False, False, True),  # one group of 16, dilation 2 in W
 ]
 
 
-@pytest.mark.parametrize("name,blocks,aligned,runs,diag,full", WGRAD_PATHS)
-def test_wgrad_kernel_paths_match_aten(name, blocks, aligned, runs, diag, full, monkeypatch):
+@pytest.mark.parametrize("name,blocks,aligned,runs,tap_runs,diag,full", WGRAD_PATHS)
+def test_wgrad_kernel_paths_match_aten(name, blocks, aligned, runs, tap_runs, diag, full, monkeypatch):
     autotune, _, _, conv3d_wgrad, _ = _kernels()
     x, w, dy, p = _problem(name, layout="ndhwc", seed=2)
     cfg = autotune.KernelConfig(*blocks[:3], split_k=blocks[3])
     tiling, tap_aligned = _tiling(p, cfg, "wgrad")
     if name == "stem" and not runs:
         monkeypatch.setattr(conv3d_wgrad, "w_runs", lambda *args: False)
-    assert (tap_aligned, conv3d_wgrad.w_runs(p, cfg, tiling), tiling.block_diagonal, tiling.full_groups) == (
-        aligned, runs, diag, full)
+    plan = conv3d_wgrad._wgrad_plan(p, cfg, memory_format_of(w), {}, torch.device(DEVICE))
+    assert (tap_aligned, plan.constexprs["W_RUNS"], plan.constexprs["TAP_RUNS"], tiling.block_diagonal,
+            tiling.full_groups) == (aligned, runs, tap_runs, diag, full)
     with poison_outputs():
         gw = conv3d_wgrad.conv3d_wgrad(dy, x, w, p, config=cfg)
     assert gw.is_contiguous(memory_format=memory_format_of(w))
@@ -435,7 +451,8 @@ ROW_RUN_PROBLEMS = [
 
 @pytest.mark.parametrize("problem", ROW_RUN_PROBLEMS)
 def test_row_run_loops_on_odd_grouped_problems(problem):
-    """Each kernel with a tile that takes its W_RUNS loop (dgrad only at stride 1) equals float64 ATen."""
+    """Each kernel with a tile that takes its W_RUNS loop (dgrad only at stride 1) equals float64 ATen. A
+    1x1x1 filter's one-tap row of a power-of-two CT fills only half a step: fprop/dgrad take TAP_RUNS there."""
     autotune, conv3d_fwd, conv3d_dgrad, conv3d_wgrad, grouped = _kernels()
     n, c, k, size, kernel, stride, padding, dilation, groups = problem
     g = torch.Generator().manual_seed(sum(size) + groups)
@@ -453,7 +470,9 @@ def test_row_run_loops_on_odd_grouped_problems(problem):
 
     ct, bk = row_run_cfg(p.out_channels_per_group, p.in_channels_per_group, 16)
     fwd_cfg = autotune.KernelConfig(16, 16, bk if ct % bk else 2 * bk)
-    assert conv3d_fwd.w_runs(p, fwd_cfg, _tiling(p, fwd_cfg, "fwd")[0])
+    one_tap_half_step = p.kernel == (1, 1, 1) and ct & (ct - 1) == 0
+    fwd_plan = conv3d_fwd._fwd_plan(p, fwd_cfg, torch.channels_last_3d, None, {}, torch.device(DEVICE)).conv
+    assert fwd_plan.constexprs["TAP_RUNS" if one_tap_half_step else "W_RUNS"], fwd_cfg
     ct, bn = row_run_cfg(p.out_channels_per_group, p.in_channels_per_group, 16)
     wgrad_cfg = autotune.KernelConfig(16, bn, 32, split_k=2)
     # (a 1x1x1 filter row is one tap: its CT columns fill a block exactly, the tap-aligned case)
@@ -468,7 +487,8 @@ def test_row_run_loops_on_odd_grouped_problems(problem):
     if p.stride == (1, 1, 1):
         ct, bk = row_run_cfg(p.in_channels_per_group, p.out_channels_per_group, 16)
         dgrad_cfg = autotune.KernelConfig(16, 16, bk if ct % bk else 2 * bk)
-        assert conv3d_dgrad.w_runs(p, dgrad_cfg, _tiling(p, dgrad_cfg, "dgrad")[0])
+        dgrad_plan = conv3d_dgrad._dgrad_plan(p, dgrad_cfg, torch.channels_last_3d, {}, torch.device(DEVICE))
+        assert dgrad_plan.constexprs["TAP_RUNS" if one_tap_half_step else "W_RUNS"], dgrad_cfg
         with poison_outputs():
             gx = conv3d_dgrad.conv3d_dgrad(dy, w, p, torch.channels_last_3d, config=dgrad_cfg)
         assert_close(gx, gx_ref, torch.float32, "dgrad")

@@ -157,6 +157,31 @@ def _grouped_row_run_tile(rows: int, out_per_group: int, red_per_group: int, gro
     return KernelConfig(bm, bn, bk, 4, 3)
 
 
+def _grouped_tap_run_tile(rows: int, out_per_group: int, red_per_group: int, groups: int, total_out: int,
+                          width: int, dtype: torch.dtype, device: torch.device) -> Optional[KernelConfig]:
+    """The TAP_RUNS tile of a grouped conv's fprop or dgrad (several whole taps per K step, see
+    conv3d_fwd), or None where the tile's CT channels per tap are not a power of two >= 8 or the step
+    would go to the W_RUNS loop (``width``: the filter's S where that loop applies, else 0). 8 taps per
+    step, at most 128 columns in fp32: a 3x3x3 conv of 16-channel tiles takes 4 K steps (W_RUNS: 9 filter
+    rows, tap-aligned: 27 taps). sm_90 builds (bf16): 64x16x128 103 registers fprop / 135 dgrad,
+    32x32x256 154 / 168, 64x16x128 block-diagonal 189-193; fp32 32x16x128 116-128. A candidate only."""
+    if groups == 1:
+        return None
+    bn = _out_block(out_per_group, groups, total_out, 128)
+    tiling = group_tiling(groups, out_per_group, red_per_group, bn)
+    fp32 = dtype == torch.float32
+    bk = min(128 if fp32 else 256, 8 * tiling.red_per_tile)
+    if not tiling.tap_runs_fit(bk) or (width and tiling.row_runs_preferred(width, bk)):
+        return None
+    big = cdiv(rows, 64) * tiling.num_tiles >= 2 * _sm_count(device)
+    bm = 64 if big and not fp32 and bk * bn <= 128 * 16 else 32
+    return KernelConfig(bm, bn, bk, 4, 3)
+
+
+def _with_tap_runs(tiles: List[KernelConfig], tap_tile: Optional[KernelConfig]) -> List[KernelConfig]:
+    return tiles if tap_tile is None or tap_tile in tiles else tiles + [tap_tile]
+
+
 def _latency_bound(rows: int, out_per_group: int, red_per_group: int, groups: int, cfg: KernelConfig,
                    device: torch.device) -> bool:
     """Fewer than ~4 programs of 64 rows per SM: each program's serial K loop, not the device's
@@ -186,6 +211,10 @@ def fwd_candidates(p: Conv3dParams, dtype: torch.dtype, device: torch.device) ->
                                   p.out_channels, dtype, device, row_run=p.kernel[2] * p.in_channels_per_group)
     tiles = _with_row_runs(tiles, p.gemm_m, p.out_channels_per_group, p.in_channels_per_group, p.groups,
                            p.out_channels, p.kernel[2], dtype, device)
+    if not INTERPRETED:
+        tiles = _with_tap_runs(tiles, _grouped_tap_run_tile(p.gemm_m, p.out_channels_per_group,
+                                                            p.in_channels_per_group, p.groups, p.out_channels,
+                                                            p.kernel[2], dtype, device))
     # the heuristic tile with explicit split-K factors, for autotuning and shipped tables (fwd_split decides
     # from the tile count alone; between one and two waves of CTAs it cannot tell)
     return tiles + _l1_variants(tiles, p.groups) + _split_variants(tiles, (1, 2, 4))
@@ -198,6 +227,10 @@ def dgrad_candidates(p: Conv3dParams, dtype: torch.dtype, device: torch.device) 
     if p.stride == (1, 1, 1):  # W_RUNS dgrad walks every tap: stride 1 only (one phase)
         tiles = _with_row_runs(tiles, rows, p.in_channels_per_group, p.out_channels_per_group, p.groups,
                                p.in_channels, p.kernel[2], dtype, device)
+    if not INTERPRETED:  # any stride (whole taps of each stride phase)
+        width = p.kernel[2] if p.stride == (1, 1, 1) else 0  # W_RUNS dgrad: stride 1 only
+        tiles = _with_tap_runs(tiles, _grouped_tap_run_tile(rows, p.in_channels_per_group, p.out_channels_per_group,
+                                                            p.groups, p.in_channels, width, dtype, device))
     return tiles + _l1_variants(tiles, p.groups) + _split_variants(tiles, (1, 4, 16))
 
 
@@ -227,23 +260,41 @@ def wgrad_candidates(p: Conv3dParams, dtype: torch.dtype, device: torch.device) 
         # (32x128x64 bf16 / 32x128x32 fp32 spill 8 bytes on sm_90: 32 / 16 position steps there)
         tiles.insert(0, KernelConfig(bm, runs_bn, _half_k_for_fp32(64 if bm * runs_bn < 64 * 64 else 32, dtype),
                                      4, 3))
+    whole_taps = _whole_tap_tile(bm, ct, math.prod(p.kernel), dtype) if p.groups > 1 else None
+    if whole_taps is not None:
+        tiles.append(whole_taps)
     return tiles + _l1_variants(tiles, p.groups) + _split_variants(tiles, (1, 8, 32))
 
 
+def _whole_tap_tile(bm: int, ct: int, taps: int, dtype: torch.dtype) -> Optional[KernelConfig]:
+    """A grouped wgrad tile whose column blocks are whole taps of CT channels (conv3d_wgrad's TAP_RUNS), as
+    wide as the registers allow: 512 columns hold all 27 taps of a 16-channel tile (ResNeXt stages 1-3),
+    so dy is read once instead of once per filter row (9x) as in the W_RUNS tile. The input is still
+    gathered per tap. A candidate only (not measured yet). sm_90 builds: 16x512x16 167 registers (bf16),
+    32x256x32 138-168, fp32 16x256x16 114-128 and 32x256x16 162-165, none spilling; 16x512x32 took 208."""
+    if ct < 8 or ct & (ct - 1):
+        return None
+    cap = 512 if bm == 16 and dtype != torch.float32 else 256
+    bn = min(cap, next_pow2(taps * ct))
+    if bn <= ct:
+        return None
+    return KernelConfig(bm, bn, 16 if bn == 512 or dtype == torch.float32 else 32, 4, 3)
+
+
 def _l1_variants(tiles: List[KernelConfig], groups: int) -> List[KernelConfig]:
-    """Grouped convs: the first and the last tile (one of them the W_RUNS tile where it exists) without the
-    cp.async pipeline, candidates only. Pipelined loads become 16-byte ``cp.async.cg`` copies, which bypass L1, so
-    each of a tile's 27 taps (9 filter rows) re-reads its input neighbourhood from L2: ResNeXt's stage 1
-    moves ~27x its input through L2 (~350 MB at batch 8, 143 us against ~8 us of HBM traffic). With
-    num_stages=1 the same gathers are plain ``ld.global`` loads (sm_90 build: 16-byte ``ld.global.v4``),
-    cached in L1, and the small tiles (47-110 registers) leave room for 4-8 CTAs per SM to hide their
-    latency. Stages 3-4 (one wave, latency-bound) are not expected to gain; stages 1-2 may."""
+    """Grouped convs: every tile (but the deep-pipeline ones) without the cp.async pipeline, candidates
+    only. Pipelined loads become 16-byte ``cp.async.cg`` copies, which bypass L1, so each of a tile's
+    27 taps (9 filter rows) re-reads its input neighbourhood from L2: ResNeXt's stage 1 moves ~27x its
+    input through L2 (~350 MB at batch 8, 143 us against ~8 us of HBM traffic). With num_stages=1 the
+    same gathers are plain ``ld.global`` loads (sm_90 build: 16-byte ``ld.global.v4``), cached in L1, and
+    small tiles (40-115 registers) leave room for 4-8 CTAs per SM to hide their latency. Stages 3-4
+    (one wave, latency-bound) are not expected to gain; stages 1-2 may."""
     if groups == 1 or INTERPRETED:
         return []
     variants = []
-    for tile in (tiles[0], tiles[-1]):
+    for tile in tiles:
         l1 = dataclasses.replace(tile, num_stages=1)
-        if tile.num_stages > 1 and l1 not in tiles and l1 not in variants:
+        if 1 < tile.num_stages < 5 and l1 not in tiles and l1 not in variants:
             variants.append(l1)
     return variants
 

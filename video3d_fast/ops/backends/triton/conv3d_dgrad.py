@@ -68,6 +68,7 @@ DGRAD_SHAPE_ARGS = [
 # GB*K/groups, channel fastest. A is gathered from the NDHWC output gradient, B is the weight read
 # as [tap, k] x [c] (block-diagonal across groups). TAP_ALIGNED as in conv3d_fwd; W_RUNS (stride 1
 # only) as well: a K step is one (t, r) filter row, whose (s, k) pairs are S runs of KT channels.
+# TAP_RUNS as in conv3d_fwd (any stride): a K step is BLOCK_K/KT whole taps of the phase.
 # SPLIT_K: grid axis 2 is (slice, phase); each slice runs steps_per_split K steps of its phase and stores
 # fp32 partials into its own dx-shaped slab of dx_ptr (split_stride elements apart), summed afterwards
 # in slice order (conv3d_wgrad.sum_splits): the deep layers of stages 3-4 have 16-64 output tiles and
@@ -82,8 +83,8 @@ def conv3d_dgrad_kernel(
     w_sk, w_sc, w_st, w_sr, w_ss,
     x_sn, x_sd, x_sh, x_sw, x_sc,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    TAP_ALIGNED: tl.constexpr, W_RUNS: tl.constexpr, RUN_C: tl.constexpr, BLOCK_DIAG: tl.constexpr,
-    FULL_GROUPS: tl.constexpr, EVEN_OUT: tl.constexpr, SPLIT_K: tl.constexpr,
+    TAP_ALIGNED: tl.constexpr, W_RUNS: tl.constexpr, TAP_RUNS: tl.constexpr, RUN_C: tl.constexpr,
+    BLOCK_DIAG: tl.constexpr, FULL_GROUPS: tl.constexpr, EVEN_OUT: tl.constexpr, SPLIT_K: tl.constexpr,
     IS_FP32: tl.constexpr, TF32: tl.constexpr, UPCAST: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
@@ -165,6 +166,10 @@ def conv3d_dgrad_kernel(
                 tap = k0 // KT
                 kl = (k0 - tap * KT) + kr
                 red_valid_k = kl < KT
+            elif TAP_RUNS:  # whole taps of RUN_C = KT channels (k0 is a multiple of RUN_C)
+                tap = k0 // RUN_C + kr // RUN_C
+                kl = kr % RUN_C
+                red_valid_k = tap < nt * nr * ns
             else:
                 kk = k0 + kr
                 tap = kk // KT
@@ -177,7 +182,12 @@ def conv3d_dgrad_kernel(
             r = r0 + i_r * step_h
             s = s0 + i_s * step_w
             red_ch, red_in_group, red_group, red_valid = red_channels(g0, kl, red_per_group, groups, BLOCK_DIAG)
-            red_valid = red_valid & red_valid_k
+            if TAP_RUNS and FULL_GROUPS:  # a mask constant along each run keeps the loads vectorised
+                red_valid = red_valid_k
+            else:
+                red_valid = red_valid & red_valid_k
+            if TAP_RUNS:
+                red_ch = tl.max_contiguous(tl.multiple_of(g0 * red_per_group + kl, RUN_C), RUN_C)
             if TAP_ALIGNED:
                 # as in conv3d_fwd: starts at a multiple of BLOCK_K
                 red_ch = g0 * red_per_group + (k0 - tap * KT) + kr
@@ -260,7 +270,7 @@ _plans: Dict[tuple, LaunchPlan] = {}
 def w_runs(p: Conv3dParams, cfg: KernelConfig, tiling) -> bool:
     """The row-segment K loop (W_RUNS, as in conv3d_fwd): stride 1 (one phase, every tap), the tile's
     output-gradient channels per tap (KT) narrower than a K step, and a whole (s, k) run of S*KT fits one."""
-    return p.stride == (1, 1, 1) and tiling.row_run_fits(p.kernel[2], cfg.block_k)
+    return p.stride == (1, 1, 1) and tiling.row_runs_preferred(p.kernel[2], cfg.block_k)
 
 
 def _dgrad_plan(p: Conv3dParams, cfg: KernelConfig, input_format, flags: dict, device: torch.device) -> LaunchPlan:
@@ -268,6 +278,7 @@ def _dgrad_plan(p: Conv3dParams, cfg: KernelConfig, input_format, flags: dict, d
     rows = p.batch * math.prod(cdiv(p.in_size[i], p.stride[i]) for i in range(3))
     steps = [p.stride[i] // math.gcd(p.stride[i], p.dilation[i]) for i in range(3)]
     runs = w_runs(p, cfg, tiling)
+    tap_runs = not runs and tiling.tap_runs_fit(cfg.block_k)
     # K steps of the phase with the most taps (every phase at stride 1)
     k_steps = p.kernel[0] * p.kernel[1] if runs else cdiv(
         math.prod(cdiv(p.kernel[i], steps[i]) for i in range(3)) * tiling.red_per_tile, cfg.block_k)
@@ -286,8 +297,8 @@ def _dgrad_plan(p: Conv3dParams, cfg: KernelConfig, input_format, flags: dict, d
     )
     constexprs = dict(
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
-        TAP_ALIGNED=tiling.red_per_tile % cfg.block_k == 0, W_RUNS=runs,
-        RUN_C=tiling.red_per_tile if runs else 1, BLOCK_DIAG=tiling.block_diagonal,
+        TAP_ALIGNED=tiling.red_per_tile % cfg.block_k == 0, W_RUNS=runs, TAP_RUNS=tap_runs,
+        RUN_C=tiling.red_per_tile if runs or tap_runs else 1, BLOCK_DIAG=tiling.block_diagonal,
         FULL_GROUPS=tiling.full_groups, EVEN_OUT=tiling.even_out, SPLIT_K=split > 1,
         **flags, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )

@@ -69,7 +69,10 @@ FWD_SHAPE_ARGS = [
 # loop-invariant mask (padding S*CT up to BLOCK_K), and a 3x3x3 conv takes 9 K steps instead of 27.
 # DENSE_RUN (W_RUNS with one group, CT = C, dilation 1 in W): that run is S*C contiguous elements in
 # both the input row and the weight row, starting at a multiple of C; the launcher pads the C = 3 stem
-# to C = 4, so its runs load as 8-byte vectors instead of 2-byte elements.
+# to C = 4, so its runs load as 8-byte vectors instead of 2-byte elements. TAP_RUNS (CT = RUN_C a power of
+# two >= 8 dividing a wider BLOCK_K): a K step is BLOCK_K/CT whole taps of CT contiguous channels, vector
+# loads per tap; a 128-wide step takes 8 taps of a 16-channel tile, so a 3x3x3 conv is 4 K steps (W_RUNS:
+# 9), the loop that sets the time of the latency-bound ResNeXt stages 3-4.
 @triton.jit(do_not_specialize=FWD_SHAPE_ARGS)
 def conv3d_fwd_kernel(
     x_ptr, w_ptr, out_ptr, conv_ptr, res_ptr, scale_ptr, shift_ptr, psum_ptr, pm2_ptr, ws_ptr,
@@ -81,8 +84,8 @@ def conv3d_fwd_kernel(
     o_sn, o_sd, o_sh, o_sw, o_sc,
     r_sn, r_sd, r_sh, r_sw, r_sc,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    TAP_ALIGNED: tl.constexpr, W_RUNS: tl.constexpr, RUN_C: tl.constexpr, BLOCK_DIAG: tl.constexpr,
-    FULL_GROUPS: tl.constexpr, EVEN_OUT: tl.constexpr, DENSE_RUN: tl.constexpr,
+    TAP_ALIGNED: tl.constexpr, W_RUNS: tl.constexpr, TAP_RUNS: tl.constexpr, RUN_C: tl.constexpr,
+    BLOCK_DIAG: tl.constexpr, FULL_GROUPS: tl.constexpr, EVEN_OUT: tl.constexpr, DENSE_RUN: tl.constexpr,
     HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_RES: tl.constexpr, RELU: tl.constexpr,
     STORE_OUT: tl.constexpr, STORE_CONV: tl.constexpr, STATS: tl.constexpr, SPLIT_K: tl.constexpr,
     IS_FP32: tl.constexpr, TF32: tl.constexpr, UPCAST: tl.constexpr,
@@ -174,11 +177,24 @@ def conv3d_fwd_kernel(
             w_tap = t * w_st + r * w_sr + s * w_ss
             b = tl.load(w_ptr + out_ch[None, :] * w_sk + (w_red * w_sc + w_tap)[:, None], mask=b_mask, other=0.0)
         else:
-            kk = k0 + kr
-            tap = kk // CT
+            if TAP_RUNS:  # whole taps of RUN_C = CT channels (k0 is a multiple of BLOCK_K, hence of RUN_C)
+                tap = k0 // RUN_C + kr // RUN_C
+                cl = kr % RUN_C
+            else:
+                tap = (k0 + kr) // CT
+                cl = k0 + kr - tap * CT
             t, r, s = split_taps(tap, R, S)
-            ch, in_group, red_group, red_valid = red_channels(g0, kk - tap * CT, red_per_group, groups, BLOCK_DIAG)
-            red_valid = red_valid & (kk < k_total)
+            ch, in_group, red_group, red_valid = red_channels(g0, cl, red_per_group, groups, BLOCK_DIAG)
+            if TAP_RUNS:  # masks and addresses constant / contiguous along each run: vector loads
+                ch = tl.max_contiguous(tl.multiple_of(g0 * red_per_group + cl, RUN_C), RUN_C)
+                if not BLOCK_DIAG:
+                    in_group = tl.max_contiguous(tl.multiple_of(cl, RUN_C), RUN_C)
+                if FULL_GROUPS:
+                    red_valid = tap < T * R * S
+                else:
+                    red_valid = red_valid & (tap < T * R * S)
+            else:
+                red_valid = red_valid & (k0 + kr < k_total)
             a = gather_ndhwc(
                 x_ptr, n_off[:, None], base_d[:, None] + (t * dil_d)[None, :],
                 base_h[:, None] + (r * dil_h)[None, :], base_w[:, None] + (s * dil_w)[None, :],
@@ -368,7 +384,7 @@ def w_runs(p: Conv3dParams, cfg: KernelConfig, tiling) -> bool:
     """The row-segment K loop (W_RUNS): the tile's channels per tap (CT) are narrower than a K step and
     a whole (s, c) run of S*CT channels fits one: the C=3 stem (S*C = 21 of 32), and grouped tiles
     (ResNeXt: CT = 16 -> 48 of 64), which then walk the T*R = 9 filter rows instead of 27 taps."""
-    return tiling.row_run_fits(p.kernel[2], cfg.block_k)
+    return tiling.row_runs_preferred(p.kernel[2], cfg.block_k)
 
 
 def _fwd_plan(p: Conv3dParams, cfg: KernelConfig, fmt, residual: Optional[torch.Tensor], flags: dict,
@@ -377,6 +393,7 @@ def _fwd_plan(p: Conv3dParams, cfg: KernelConfig, fmt, residual: Optional[torch.
     tiling = group_tiling(p.groups, p.out_channels_per_group, p.in_channels_per_group, cfg.block_n)
     tap_aligned = tiling.red_per_tile % cfg.block_k == 0
     runs = w_runs(p, cfg, tiling)
+    tap_runs = not runs and tiling.tap_runs_fit(cfg.block_k)
     k_steps = p.kernel[0] * p.kernel[1] if runs else cdiv(
         p.kernel[0] * p.kernel[1] * p.kernel[2] * tiling.red_per_tile, cfg.block_k)
     row_tiles = cdiv(p.gemm_m, cfg.block_m)
@@ -396,7 +413,8 @@ def _fwd_plan(p: Conv3dParams, cfg: KernelConfig, fmt, residual: Optional[torch.
     )
     constexprs = dict(
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
-        TAP_ALIGNED=tap_aligned, W_RUNS=runs, RUN_C=tiling.red_per_tile if runs else 1,
+        TAP_ALIGNED=tap_aligned, W_RUNS=runs, TAP_RUNS=tap_runs,
+        RUN_C=tiling.red_per_tile if runs or tap_runs else 1,
         BLOCK_DIAG=tiling.block_diagonal,
         FULL_GROUPS=tiling.full_groups, EVEN_OUT=tiling.even_out,
         DENSE_RUN=tiling.dense_run(p, runs),

@@ -57,7 +57,10 @@ WGRAD_SHAPE_ARGS = [
 # == 0): a column block lies inside one tap, so the gather needs per-position coordinates only.
 # W_RUNS (C=3 stem, grouped tiles): a column block is one (t, r) filter row, S*CT columns in S runs of
 # the input row (one contiguous run when CT = C). DENSE_RUN as in conv3d_fwd: that run is S*C dense
-# elements from a multiple of C (the stem on four-channel rows), loaded as vectors.
+# elements from a multiple of C (the stem on four-channel rows), loaded as vectors. TAP_RUNS (grouped
+# tiles, CT a power of two >= 8 dividing BLOCK_N): a column block is BLOCK_N/CT whole taps, each a run of
+# CT contiguous channels (CT = RUN_C as a constexpr, so the runs load as vectors); with a block as wide
+# as all T*R*S*CT columns, dy is read once instead of once per filter row or tap.
 @triton.jit(do_not_specialize=WGRAD_SHAPE_ARGS)
 def conv3d_wgrad_kernel(
     dy_ptr, x_ptr, dst_ptr,
@@ -68,7 +71,8 @@ def conv3d_wgrad_kernel(
     x_sn, x_sd, x_sh, x_sw, x_sc,
     d_split, d_sk, d_sc, d_st, d_sr, d_ss,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    TAP_ALIGNED: tl.constexpr, W_RUNS: tl.constexpr, RUN_C: tl.constexpr, BLOCK_DIAG: tl.constexpr,
+    TAP_ALIGNED: tl.constexpr, W_RUNS: tl.constexpr, TAP_RUNS: tl.constexpr, RUN_C: tl.constexpr,
+    BLOCK_DIAG: tl.constexpr,
     FULL_GROUPS: tl.constexpr, EVEN_OUT: tl.constexpr, DENSE_RUN: tl.constexpr, IS_FP32: tl.constexpr,
     TF32: tl.constexpr, UPCAST: tl.constexpr,
 ):
@@ -91,6 +95,10 @@ def conv3d_wgrad_kernel(
         tap = (pid_n * BLOCK_N) // CT
         cl = cols - tap * CT
         t, r, s = split_taps(tap, R, S)
+    elif TAP_RUNS:  # whole taps of RUN_C = CT channels: tap and its coordinates constant along each run
+        tap = pid_n * (BLOCK_N // RUN_C) + tl.arange(0, BLOCK_N) // RUN_C
+        cl = tl.arange(0, BLOCK_N) % RUN_C
+        t, r, s = split_taps(tap, R, S)
     else:
         tap = cols // CT
         cl = cols - tap * CT
@@ -107,6 +115,12 @@ def conv3d_wgrad_kernel(
         if RUN_C >= 8 and (RUN_C & (RUN_C - 1)) == 0:  # runs start at multiples of RUN_C: vector loads
             ch = tl.max_contiguous(tl.multiple_of(g0 * red_per_group + cl, RUN_C), RUN_C)
         x_col = s * dil_w * x_sw + ch * x_sc
+    elif TAP_RUNS:
+        if FULL_GROUPS:  # a mask constant along each run keeps the loads vectorised
+            col_mask = tap < T * R * S
+        else:
+            col_mask = col_mask & (tap < T * R * S)
+        ch = tl.max_contiguous(tl.multiple_of(g0 * red_per_group + cl, RUN_C), RUN_C)
     else:
         col_mask = col_mask & (cols < T * R * S * CT)
 
@@ -220,6 +234,7 @@ _plans: Dict[tuple, LaunchPlan] = {}
 def _wgrad_plan(p: Conv3dParams, cfg: KernelConfig, fmt, flags: dict, device: torch.device) -> LaunchPlan:
     tiling = group_tiling(p.groups, p.out_channels_per_group, p.in_channels_per_group, cfg.block_m)
     runs = w_runs(p, cfg, tiling)
+    tap_runs = not runs and tiling.tap_runs_fit(cfg.block_n)
     cols = p.kernel[0] * p.kernel[1] * p.kernel[2] * tiling.red_per_tile
     col_tiles = p.kernel[0] * p.kernel[1] if runs else cdiv(cols, cfg.block_n)
     positions = p.gemm_m
@@ -238,8 +253,8 @@ def _wgrad_plan(p: Conv3dParams, cfg: KernelConfig, fmt, flags: dict, device: to
     )
     constexprs = dict(
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
-        TAP_ALIGNED=tiling.red_per_tile % cfg.block_n == 0, W_RUNS=runs,
-        RUN_C=tiling.red_per_tile if runs else 1, BLOCK_DIAG=tiling.block_diagonal,
+        TAP_ALIGNED=tiling.red_per_tile % cfg.block_n == 0, W_RUNS=runs, TAP_RUNS=tap_runs,
+        RUN_C=tiling.red_per_tile if runs or tap_runs else 1, BLOCK_DIAG=tiling.block_diagonal,
         FULL_GROUPS=tiling.full_groups, EVEN_OUT=tiling.even_out,
         DENSE_RUN=tiling.dense_run(p, runs),
         **flags, num_warps=cfg.num_warps, num_stages=cfg.num_stages,

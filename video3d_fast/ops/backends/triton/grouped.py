@@ -61,6 +61,20 @@ class GroupTiling:
         column block) that one tap's CT channels would leave partly empty: the kernels' W_RUNS loops."""
         return self.red_per_tile % block != 0 and width * self.red_per_tile <= block
 
+    def tap_runs_fit(self, block: int) -> bool:
+        """Whether a ``block``-wide K step (or wgrad column block) holds whole taps of CT channels, each a
+        run that loads as vectors (CT a power of two >= 8, 16 bytes in 16-bit): the kernels' TAP_RUNS.
+        Narrower or odd CT (the C=3 stem) keeps the flattened per-element gather."""
+        ct = self.red_per_tile
+        return ct >= 8 and ct & (ct - 1) == 0 and ct < block and block % ct == 0
+
+    def row_runs_preferred(self, width: int, block: int) -> bool:
+        """The W_RUNS loop over the TAP_RUNS one: one (t, r) filter row of ``width`` * CT channels fits the
+        block, and fills more than half of it where whole taps would also fit (a 128-wide step holds 8
+        taps of 16 channels: 4 steps for a 3x3x3 filter instead of 9 rows of 48 columns)."""
+        return self.row_run_fits(width, block) and not (self.tap_runs_fit(block)
+                                                         and block >= 2 * width * self.red_per_tile)
+
     def dense_run(self, p, runs: bool) -> bool:
         """Whether a W_RUNS (s, c) run is S*C dense elements of the NDHWC input row and of the KTRSC weight
         row, from a multiple of C (the kernels' DENSE_RUN): one group, CT = C, no dilation in W, and
