@@ -211,9 +211,9 @@ def test_grouped_weight_gradients_have_a_whole_tap_column_candidate(monkeypatch,
 
 
 def test_grouped_convs_get_unpipelined_l1_candidates(monkeypatch):
-    """Grouped convs (GPU heuristic): the first tile and the W_RUNS tile also come with num_stages=1 (plain
-    loads, cached in L1) as candidates after the tiles, in fprop, dgrad and wgrad; the heuristic's own
-    choice is unchanged; dense convs and the interpreter get none."""
+    """Grouped convs (GPU heuristic): every tile also comes with num_stages=1 (plain loads, cached in L1)
+    as a candidate after the tiles, in fprop, dgrad and wgrad; the heuristic's own choice is unchanged;
+    dense convs get one (the first tile's), 1x1x1 convs and the interpreter none."""
     monkeypatch.setattr(autotune, "INTERPRETED", False)
     monkeypatch.setattr(autotune, "_sm_count", lambda device: 132)
     cpu = torch.device("cpu")
@@ -229,10 +229,14 @@ def test_grouped_convs_get_unpipelined_l1_candidates(monkeypatch):
     assert dataclasses.replace(runs, num_stages=1) in fwd
     dense = ops.make_params(torch.empty(8, 64, 8, 28, 28, device="meta"), torch.empty(64, 64, 3, 3, 3, device="meta"),
                             padding=1)
+    pointwise = ops.make_params(torch.empty(8, 64, 8, 28, 28, device="meta"),
+                                torch.empty(64, 64, 1, 1, 1, device="meta"))
     for candidates in (autotune.fwd_candidates, autotune.dgrad_candidates, autotune.wgrad_candidates):
-        assert all(c.num_stages > 1 for c in candidates(dense, torch.bfloat16, cpu))
+        tiles = candidates(dense, torch.bfloat16, cpu)
+        assert [c for c in tiles if c.num_stages == 1] == [dataclasses.replace(tiles[0], num_stages=1)], tiles
+        assert all(c.num_stages > 1 for c in candidates(pointwise, torch.bfloat16, cpu))
     monkeypatch.setattr(autotune, "INTERPRETED", True)
-    assert autotune._l1_variants([autotune.KernelConfig(64, 16, 16, 4, 3)], groups=32) == []
+    assert autotune._l1_variants([autotune.KernelConfig(64, 16, 16, 4, 3)], stage1) == []
 
 
 def test_weight_gradient_split_gives_small_tiles_more_programs(monkeypatch):

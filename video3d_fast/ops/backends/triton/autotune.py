@@ -217,7 +217,7 @@ def fwd_candidates(p: Conv3dParams, dtype: torch.dtype, device: torch.device) ->
                                                             p.kernel[2], dtype, device))
     # the heuristic tile with explicit split-K factors, for autotuning and shipped tables (fwd_split decides
     # from the tile count alone; between one and two waves of CTAs it cannot tell)
-    return tiles + _l1_variants(tiles, p.groups) + _split_variants(tiles, (1, 2, 4))
+    return tiles + _l1_variants(tiles, p) + _split_variants(tiles, (1, 2, 4))
 
 
 def dgrad_candidates(p: Conv3dParams, dtype: torch.dtype, device: torch.device) -> List[KernelConfig]:
@@ -231,7 +231,7 @@ def dgrad_candidates(p: Conv3dParams, dtype: torch.dtype, device: torch.device) 
         width = p.kernel[2] if p.stride == (1, 1, 1) else 0  # W_RUNS dgrad: stride 1 only
         tiles = _with_tap_runs(tiles, _grouped_tap_run_tile(rows, p.in_channels_per_group, p.out_channels_per_group,
                                                             p.groups, p.in_channels, width, dtype, device))
-    return tiles + _l1_variants(tiles, p.groups) + _split_variants(tiles, (1, 4, 16))
+    return tiles + _l1_variants(tiles, p) + _split_variants(tiles, (1, 4, 16))
 
 
 def wgrad_candidates(p: Conv3dParams, dtype: torch.dtype, device: torch.device) -> List[KernelConfig]:
@@ -263,7 +263,7 @@ def wgrad_candidates(p: Conv3dParams, dtype: torch.dtype, device: torch.device) 
     whole_taps = _whole_tap_tile(bm, ct, math.prod(p.kernel), dtype) if p.groups > 1 else None
     if whole_taps is not None:
         tiles.append(whole_taps)
-    return tiles + _l1_variants(tiles, p.groups) + _split_variants(tiles, (1, 8, 32))
+    return tiles + _l1_variants(tiles, p) + _split_variants(tiles, (1, 8, 32))
 
 
 def _whole_tap_tile(bm: int, ct: int, taps: int, dtype: torch.dtype) -> Optional[KernelConfig]:
@@ -281,18 +281,20 @@ def _whole_tap_tile(bm: int, ct: int, taps: int, dtype: torch.dtype) -> Optional
     return KernelConfig(bm, bn, 16 if bn == 512 or dtype == torch.float32 else 32, 4, 3)
 
 
-def _l1_variants(tiles: List[KernelConfig], groups: int) -> List[KernelConfig]:
-    """Grouped convs: every tile (but the deep-pipeline ones) without the cp.async pipeline, candidates
-    only. Pipelined loads become 16-byte ``cp.async.cg`` copies, which bypass L1, so each of a tile's
-    27 taps (9 filter rows) re-reads its input neighbourhood from L2: ResNeXt's stage 1 moves ~27x its
-    input through L2 (~350 MB at batch 8, 143 us against ~8 us of HBM traffic). With num_stages=1 the
-    same gathers are plain ``ld.global`` loads (sm_90 build: 16-byte ``ld.global.v4``), cached in L1, and
+def _l1_variants(tiles: List[KernelConfig], p: Conv3dParams) -> List[KernelConfig]:
+    """Tiles without the cp.async pipeline (num_stages=1), candidates only: every tile of a grouped conv
+    (but the deep-pipeline ones), the first tile of a dense one; none for a one-tap (1x1x1) filter.
+    Pipelined loads become 16-byte ``cp.async.cg`` copies, which bypass L1, so each of a tile's 27 taps
+    (9 filter rows) re-reads its input neighbourhood from L2: ResNeXt's stage 1 moves ~27x its input
+    through L2 (~350 MB at batch 8, 143 us against ~8 us of HBM traffic). With num_stages=1 the same
+    gathers are plain ``ld.global`` loads (sm_90 build: 16-byte ``ld.global.v4``), cached in L1, and
     small tiles (40-115 registers) leave room for 4-8 CTAs per SM to hide their latency. Stages 3-4
-    (one wave, latency-bound) are not expected to gain; stages 1-2 may."""
-    if groups == 1 or INTERPRETED:
+    (one wave, latency-bound) are not expected to gain; stages 1-2 may. Dense tiles are larger (fewer
+    CTAs to hide latency with), hence one candidate."""
+    if INTERPRETED or math.prod(p.kernel) == 1:
         return []
     variants = []
-    for tile in tiles:
+    for tile in tiles if p.groups > 1 else tiles[:1]:
         l1 = dataclasses.replace(tile, num_stages=1)
         if 1 < tile.num_stages < 5 and l1 not in tiles and l1 not in variants:
             variants.append(l1)
