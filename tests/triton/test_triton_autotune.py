@@ -210,6 +210,24 @@ def test_grouped_weight_gradients_have_a_whole_tap_column_candidate(monkeypatch,
         assert plan.grid[1] == expected, (c, whole[0], plan.grid)
 
 
+def test_dense_fprop_offers_the_big_tile_split_where_the_heuristic_shrank_it(monkeypatch):
+    """ResNet-50's 128->128 3x3x3 at 4x14x14 (batch 8): the heuristic shrinks to 64x64 tiles to fill 132
+    SMs; the 128x128 tile split over K 2 and 4 ways is a candidate too. Where 128x128 tiles fill the
+    device on their own (stage 1's 64->64 at 8x28x28: 128x64 is the heuristic), nothing is added."""
+    monkeypatch.setattr(autotune, "INTERPRETED", False)
+    monkeypatch.setattr(autotune, "_sm_count", lambda device: 132)
+    cpu = torch.device("cpu")
+    p = ops.make_params(torch.empty(8, 128, 4, 14, 14, device="meta"),
+                        torch.empty(128, 128, 3, 3, 3, device="meta"), padding=1)
+    tiles = autotune.fwd_candidates(p, torch.bfloat16, cpu)
+    assert tiles[0].block_m * tiles[0].block_n < 128 * 128
+    splits = [t for t in tiles if t.block_m * t.block_n == 128 * 128 and t.split_k]
+    assert sorted(t.split_k for t in splits) == [2, 4], tiles
+    stage1 = ops.make_params(torch.empty(8, 64, 8, 28, 28, device="meta"),
+                             torch.empty(64, 64, 3, 3, 3, device="meta"), padding=1)
+    assert autotune._big_tile_splits(autotune.fwd_candidates(stage1, torch.bfloat16, cpu)) == []
+
+
 def test_grouped_convs_get_unpipelined_l1_candidates(monkeypatch):
     """Grouped convs (GPU heuristic): every tile also comes with num_stages=1 (plain loads, cached in L1)
     as a candidate after the tiles, in fprop, dgrad and wgrad; the heuristic's own choice is unchanged;

@@ -217,7 +217,7 @@ def fwd_candidates(p: Conv3dParams, dtype: torch.dtype, device: torch.device) ->
                                                             p.kernel[2], dtype, device))
     # the heuristic tile with explicit split-K factors, for autotuning and shipped tables (fwd_split decides
     # from the tile count alone; between one and two waves of CTAs it cannot tell)
-    return tiles + _l1_variants(tiles, p) + _split_variants(tiles, (1, 2, 4))
+    return tiles + _l1_variants(tiles, p) + _split_variants(tiles, (1, 2, 4)) + _big_tile_splits(tiles)
 
 
 def dgrad_candidates(p: Conv3dParams, dtype: torch.dtype, device: torch.device) -> List[KernelConfig]:
@@ -299,6 +299,16 @@ def _l1_variants(tiles: List[KernelConfig], p: Conv3dParams) -> List[KernelConfi
         if 1 < tile.num_stages < 5 and l1 not in tiles and l1 not in variants:
             variants.append(l1)
     return variants
+
+
+def _big_tile_splits(tiles: List[KernelConfig]) -> List[KernelConfig]:
+    """fprop: where the heuristic took a smaller tile to fill the device (ResNet-50's dense 3x3x3 convs at
+    stages 2-3: 64x64 tiles, 0.6-0.84x cuDNN on the H200), the 128x128 tile split 2 and 4 ways over K
+    instead, so that its wider MMAs still get enough programs. Candidates only."""
+    big = next((t for t in tiles if t.block_m * t.block_n >= 128 * 128 and t.split_k == 0), None)
+    if big is None or big == tiles[0]:
+        return []
+    return [dataclasses.replace(big, split_k=k) for k in (2, 4)]
 
 
 def _split_variants(tiles: List[KernelConfig], splits: Tuple[int, ...]) -> List[KernelConfig]:
