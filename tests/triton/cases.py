@@ -143,3 +143,44 @@ def check_batchnorm_act(p: ConvProblem, relu: bool, seed: int, device: str = "cp
     for name, a, b in zip(("input", "weight", "bn_weight", "bn_bias", "residual"), ours, refs):
         if a is not None:
             assert_close(a.grad, b.grad, p.dtype, f"grad {name}", BN_GRAD_FACTOR[p.dtype])
+
+
+def check_candidate_loops(p: ConvProblem, seed: int, device: str = "cpu", sm_count: int = 132) -> int:
+    """The loop kinds that only autotuning reaches (TAP_RUNS steps, unpipelined L1 tiles) on ``p``: for
+    fprop, dgrad and wgrad, the first candidate taking TAP_RUNS and the first with num_stages=1, as the GPU
+    heuristic lists them (``sm_count`` SMs), against float64 ATen. Returns how many configurations ran."""
+    from video3d_fast.ops.backends.triton import autotune, conv3d_dgrad, conv3d_fwd, conv3d_wgrad
+
+    x, w, _, _, _ = p.make(torch.Generator().manual_seed(seed), device=device)
+    params = ops.make_params(x, w, **p.conv_kwargs)
+    dy = torch.randn(params.out_shape, generator=torch.Generator().manual_seed(seed + 1)).to(device, p.dtype)
+    dy = dy.contiguous(memory_format=torch.channels_last_3d)
+    ref = torch.nn.functional.conv3d(x.double(), w.double(), None, **p.conv_kwargs)
+    gx_ref, gw_ref = torch.ops.aten.convolution_backward(
+        dy.double(), x.double(), w.double(), None, list(params.stride), list(params.padding),
+        list(params.dilation), False, [0, 0, 0], params.groups, [True, True, False])[:2]
+    dev, cl = x.device, torch.channels_last_3d
+    interpreted, sms = autotune.INTERPRETED, autotune._sm_count
+    autotune.INTERPRETED, autotune._sm_count = False, lambda device: sm_count  # the GPU's candidate lists
+    try:
+        lists = {op: getattr(autotune, f"{op}_candidates")(params, p.dtype, dev) for op in ("fwd", "dgrad", "wgrad")}
+    finally:
+        autotune.INTERPRETED, autotune._sm_count = interpreted, sms
+    kinds = {
+        "fwd": (lambda c: conv3d_fwd._fwd_plan(params, c, cl, None, {}, dev).conv,
+                lambda c: conv3d_fwd.conv3d_fwd(x, w, params, config=c).out, ref),
+        "dgrad": (lambda c: conv3d_dgrad._dgrad_plan(params, c, cl, {}, dev),
+                  lambda c: conv3d_dgrad.conv3d_dgrad(dy, w, params, cl, config=c), gx_ref),
+        "wgrad": (lambda c: conv3d_wgrad._wgrad_plan(params, c, memory_format_of(w), {}, dev),
+                  lambda c: conv3d_wgrad.conv3d_wgrad(dy, x, w, params, config=c), gw_ref),
+    }
+    ran = 0
+    for op, (plan_of, run, expected) in kinds.items():
+        picks = [next((c for c in lists[op] if c.split_k == 0 and plan_of(c).constexprs["TAP_RUNS"]), None),
+                 next((c for c in lists[op] if c.num_stages == 1), None)]
+        for cfg in dict.fromkeys(c for c in picks if c is not None):
+            with poison_outputs():
+                out = run(cfg)
+            assert_close(out, expected, p.dtype, f"{op} {cfg}", OUT_FACTOR if op == "fwd" else GRAD_FACTOR[p.dtype])
+            ran += 1
+    return ran

@@ -13,7 +13,7 @@ from tests.ops.helpers import assert_close
 from video3d_fast import ops
 from video3d_fast.ops import reference
 
-from .cases import LARGE, check_affine_act, check_batchnorm_act, variant
+from .cases import LARGE, check_affine_act, check_batchnorm_act, check_candidate_loops, variant
 
 pytestmark = pytest.mark.gpu
 BF16 = torch.bfloat16
@@ -40,6 +40,14 @@ def test_affine_act_bf16_matches_reference_at_layer_size(name):
 def test_batchnorm_act_bf16_matches_reference_at_layer_size(name):
     p = variant(LARGE[name], dtype=BF16, layout="ndhwc", residual=name == "rx101_l1_grouped")
     check_batchnorm_act(p, True, seed=2, device="cuda")
+
+
+@pytest.mark.parametrize("name", ["rx101_l1_grouped", "rx101_l2_grouped_s2", "rx101_l3_grouped", "rx101_l4_grouped"])
+def test_whole_tap_and_l1_candidates_are_right_in_bf16(name):
+    """Loop kinds only autotuning picks (TAP_RUNS, unpipelined L1 tiles) compiled for real, bf16, each
+    ResNeXt-101 grouped stage: fprop, dgrad and wgrad against float64 ATen."""
+    assert check_candidate_loops(variant(LARGE[name], dtype=BF16, layout="ndhwc"), seed=11, device="cuda",
+                                 sm_count=torch.cuda.get_device_properties(0).multi_processor_count) >= 4
 
 
 def test_stem_weight_gradient_on_the_triton_kernel_too(monkeypatch):

@@ -6,6 +6,8 @@ blocks, several tiles per group, split-K wgrad; the test asserts the path it mea
 """
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -492,3 +494,13 @@ def test_row_run_loops_on_odd_grouped_problems(problem):
         with poison_outputs():
             gx = conv3d_dgrad.conv3d_dgrad(dy, w, p, torch.channels_last_3d, config=dgrad_cfg)
         assert_close(gx, gx_ref, torch.float32, "dgrad")
+
+
+@pytest.mark.parametrize("name", ["resnext_g8", "depthwise"])
+def test_loop_kinds_only_autotuning_reaches_match_aten(name):
+    """The candidates the GPU lists beyond its heuristic (TAP_RUNS steps of 8 taps, a wgrad column block
+    over all taps, unpipelined tiles) on small grouped problems; the GPU test runs them in bf16."""
+    from .cases import SMALL, check_candidate_loops
+
+    p = dataclasses.replace(SMALL[name], layout="ndhwc")
+    assert check_candidate_loops(p, seed=12, device=DEVICE) >= 4
