@@ -496,11 +496,13 @@ def test_row_run_loops_on_odd_grouped_problems(problem):
         assert_close(gx, gx_ref, torch.float32, "dgrad")
 
 
-@pytest.mark.parametrize("name", ["resnext_g8", "depthwise"])
-def test_loop_kinds_only_autotuning_reaches_match_aten(name):
+@pytest.mark.parametrize("name,dtype", [("resnext_g8", torch.float32), ("depthwise", torch.float32),
+                                        ("resnext_g8", torch.bfloat16), ("depthwise", torch.float16)])
+def test_loop_kinds_only_autotuning_reaches_match_aten(name, dtype):
     """The candidates the GPU lists beyond its heuristic (TAP_RUNS steps of 8 taps, a wgrad column block
-    over all taps, unpipelined tiles) on small grouped problems; the GPU test runs them in bf16."""
+    over all taps, unpipelined tiles) on small grouped problems, half precision through the interpreter's
+    upcast dot; the GPU test runs them in bf16 for real."""
     from .cases import SMALL, check_candidate_loops
 
-    p = dataclasses.replace(SMALL[name], layout="ndhwc")
+    p = dataclasses.replace(SMALL[name], layout="ndhwc", dtype=dtype)
     assert check_candidate_loops(p, seed=12, device=DEVICE) >= 4
