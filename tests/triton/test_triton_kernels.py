@@ -333,6 +333,8 @@ WGRAD_PATHS = [  # (problem, (block_m, block_n, block_k, split_k), tap_aligned, 
     ("grouped", (16, 16, 32, 2), True, False, False, True, True),
     ("grouped", (32, 64, 16, 1), False, False, True, True, True),  # 8 groups of 4: 2 whole taps per block
     ("grouped", (16, 512, 16, 2), False, False, True, True, True),  # all 27 taps in one block: dy read once
+    ("grouped_wide", (16, 256, 16, 2), False, False, True, False, True),  # 16 taps per block, dilation 2 in W
+    ("strided", (16, 32, 16, 2), False, False, True, False, True),  # strides and dilation, 2 taps per block
     ("grouped_s2", (16, 64, 16, 3), False, False, True, True, False),  # rows: 2 groups of Kg=8, 3 groups
     ("grouped_s2", (16, 32, 16, 2), True, False, False, True, False),
     ("grouped_odd", (16, 32, 16, 2), False, False, False, False, True),  # CT = 12: flattened columns
