@@ -1,7 +1,8 @@
-"""Tile configurations of the conv kernels: per op and problem, a list of candidates (the heuristic's
-tiles, best guess first, then for grouped convs unpipelined variants whose loads are cached in L1, then the
-first tile with explicit split-K factors) and one choice, made once per
-problem and process (``pick``), in this order:
+"""Tile configurations of the conv kernels: per op and problem, a list of candidates and one choice, made
+once per problem and process (``pick``). The candidates are the heuristic's tiles, best guess first
+(other loop kinds and pipeline depths among them: W_RUNS and TAP_RUNS tiles of grouped convs), then
+unpipelined variants whose loads are cached in L1 (``_l1_variants``), then the first tile with explicit
+split-K factors. The choice is made in this order:
 
 1. ``VIDEO3D_FAST_TRITON_AUTOTUNE=1``: every candidate is timed once per problem on the device (GPU time,
    CUDA-graph replay) and the fastest kept, in memory and in a JSON file keyed by GPU name, Triton
@@ -179,6 +180,7 @@ def _grouped_tap_run_tile(rows: int, out_per_group: int, red_per_group: int, gro
 
 
 def _with_tap_runs(tiles: List[KernelConfig], tap_tile: Optional[KernelConfig]) -> List[KernelConfig]:
+    """``tiles`` with the TAP_RUNS tile last (a candidate only until a GPU run says where it wins)."""
     return tiles if tap_tile is None or tap_tile in tiles else tiles + [tap_tile]
 
 
