@@ -1,6 +1,6 @@
 """Compile every Triton kernel variant the backend launches for a GPU architecture, without a GPU.
 
-    TRITON_INTERPRET=0 python -m tests.triton.compile_check [--arch 90] [--dtypes bf16,fp16,fp32]
+    TRITON_INTERPRET=0 python -m tests.triton.compile_check [--arch 90] [--dtypes bf16,fp16,fp32] [--all-candidates]
 
 Runs the backend's methods on CPU tensors (real layer shapes, tiny spatial sizes) with a stand-in
 Triton driver that reports a CUDA target, and turns every kernel launch into a compile-only
@@ -67,6 +67,8 @@ def main(argv: List[str] = None) -> int:
     ap.add_argument("--arch", type=int, default=90, help="compute capability x10 (80 = A100, 90 = H100)")
     ap.add_argument("--dtypes", default="bf16,fp16,fp32,fp32ieee", help="fp32ieee: fp32 with TF32 disallowed")
     ap.add_argument("--quick", action="store_true", help="one dtype-independent pass over fewer shapes")
+    ap.add_argument("--all-candidates", action="store_true",
+                    help="also compile every autotuning candidate of fprop/dgrad/wgrad, not only the heuristic's")
     args = ap.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         print("compile_check needs compiled kernels: unset TRITON_INTERPRET", file=sys.stderr)
@@ -86,7 +88,7 @@ def main(argv: List[str] = None) -> int:
         n_before = sum(len(c[0]) for c in self.device_caches.values())
         kernel = original_run(self, *a, grid=grid, warmup=True, **kw)
         if sum(len(c[0]) for c in self.device_caches.values()) > n_before:
-            flags = ",".join(f"{k}={v}" for k, v in kw.items() if k.isupper())
+            flags = ",".join(f"{k}={v}" for k, v in kw.items() if k.isupper() or k in ("num_warps", "num_stages"))
             usage = _resource_usage(kernel.asm["cubin"]) if kernel is not None and "cubin" in kernel.asm else ""
             compiled.append(f"{self.fn.__name__:28s} {time.time() - t0:5.1f}s {usage:32s} {flags}")
             print(compiled[-1], flush=True)
@@ -144,12 +146,32 @@ def main(argv: List[str] = None) -> int:
                                                    [True, True, True, True, fused])
                 backend.conv3d_forward(x, w, vec.to(dtype), p)
                 backend.conv3d_backward(res, x, w, p, [True, True, True])
+                if args.all_candidates:
+                    _compile_candidates(x, w, res, p, dtype)
             except Exception as exc:  # report every failing shape class, not just the first
                 failures += 1
                 print(f"FAILED {label}: {type(exc).__name__}: {exc}", flush=True)
     print(f"{len(compiled)} kernels compiled for sm_{args.arch} with triton {triton.__version__} in "
           f"{time.time() - t_start:.0f}s; {failures} failing shape classes")
     return 1 if failures else 0
+
+
+def _compile_candidates(x, w, dy, p, dtype) -> None:
+    """Every candidate the launchers' autotuning would time on an H100 (132 SMs) for this problem: the
+    loop kinds and pipeline depths beyond the heuristic's (TAP_RUNS, unpipelined, split-K variants)."""
+    import torch
+    from video3d_fast.ops.backends.triton import autotune, conv3d_dgrad, conv3d_fwd, conv3d_wgrad, common
+
+    fmt = torch.channels_last_3d
+    cpu = torch.device("cpu")
+    tuned_p = common.four_channel_params(p) if common.on_four_channels(p) else p
+    for cfg in autotune.fwd_candidates(tuned_p, dtype, cpu):
+        conv3d_fwd.conv3d_fwd(x, w, p, store_out=False, store_conv=True, stats=True, config=cfg)
+    if p.in_channels != 3:
+        for cfg in autotune.dgrad_candidates(p, dtype, cpu):
+            conv3d_dgrad.conv3d_dgrad(dy, w, p, fmt, config=cfg)
+    for cfg in autotune.wgrad_candidates(tuned_p, dtype, cpu):
+        conv3d_wgrad.conv3d_wgrad(dy, x, w, p, config=cfg)
 
 
 if __name__ == "__main__":
