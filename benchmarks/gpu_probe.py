@@ -29,7 +29,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
+import re
 import sys
 import time
 import traceback
@@ -409,6 +411,58 @@ def probe_grouped():
                     lambda: conv3d_wgrad.conv3d_wgrad(dy, x, w, p, config=plan_cfg), gw_ref)
 
 
+_GROUPED_ROW = re.compile(r"^(?P<label>.+?) (?P<op>fprop|dgrad|wgrad) (?P<heuristic>heuristic )?(?P<cfg>.+)$")
+_GROUPED_CUDNN = re.compile(r"^(?P<label>.+?) cuDNN (?P<op>fprop|dgrad\+wgrad)$")
+
+
+def grouped_digest(all_rows) -> list:
+    """Per grouped shape and op: the heuristic's time, the fastest correct tiling's and cuDNN's, so the
+    reader of a suite summary sees at once which loop kind wins where (the rule in notes_triton.md,
+    session 8). The backward compares dgrad + wgrad sums: cuDNN times them together."""
+    table: dict = {}
+    for r in all_rows:
+        if r.get("section") != "grouped" or "FAILED" in r["name"] or not math.isfinite(r.get("ms", math.nan)):
+            continue
+        cudnn = _GROUPED_CUDNN.match(r["name"])
+        if cudnn:
+            table.setdefault(cudnn["label"], {})["cuDNN " + cudnn["op"]] = r["ms"]
+            continue
+        m = _GROUPED_ROW.match(r["name"])
+        if not m or not r.get("rel_err", math.inf) < 0.05:
+            continue
+        ops_ = table.setdefault(m["label"], {}).setdefault(m["op"], {"best": None})
+        if m["heuristic"]:
+            ops_["heuristic"] = (r["ms"], m["cfg"])
+        if ops_["best"] is None or r["ms"] < ops_["best"][0]:
+            ops_["best"] = (r["ms"], m["cfg"])
+    digest = []
+    for label, entry in table.items():
+        for op in ("fprop", "dgrad", "wgrad"):
+            if op not in entry or "heuristic" not in entry[op]:
+                continue
+            (h_ms, h_cfg), (b_ms, b_cfg) = entry[op]["heuristic"], entry[op]["best"]
+            digest.append(dict(shape=label, op=op, heuristic_ms=h_ms, heuristic=h_cfg, best_ms=b_ms, best=b_cfg))
+        fwd, bwd = entry.get("fprop"), (entry.get("dgrad"), entry.get("wgrad"))
+        if fwd and "cuDNN fprop" in entry:
+            digest.append(dict(shape=label, op="fprop vs cuDNN", cudnn_ms=entry["cuDNN fprop"],
+                               heuristic_x=entry["cuDNN fprop"] / fwd["heuristic"][0],
+                               best_x=entry["cuDNN fprop"] / fwd["best"][0]))
+        if all(bwd) and "cuDNN dgrad+wgrad" in entry and all("heuristic" in b for b in bwd):
+            c_ms = entry["cuDNN dgrad+wgrad"]
+            digest.append(dict(shape=label, op="dgrad+wgrad vs cuDNN", cudnn_ms=c_ms,
+                               heuristic_x=c_ms / (bwd[0]["heuristic"][0] + bwd[1]["heuristic"][0]),
+                               best_x=c_ms / (bwd[0]["best"][0] + bwd[1]["best"][0])))
+    return digest
+
+
+def _digest_line(d: dict) -> str:
+    if "cudnn_ms" in d:
+        return (f"best    {d['shape']} {d['op']}: cuDNN {d['cudnn_ms']:.4f} ms, heuristic {d['heuristic_x']:.2f}x, "
+                f"best tilings {d['best_x']:.2f}x")
+    return (f"best    {d['shape']} {d['op']}: heuristic {d['heuristic_ms']:.4f} ms ({d['heuristic']}), "
+            f"best {d['best_ms']:.4f} ms ({d['best']})")
+
+
 def probe_bnfuse():
     """The launch-saving BN paths against the separate ones, GPU time of the kernels alone, at the sizes
     that decide their thresholds (bn.FUSED_FINALIZE_MAX_TILES, bn.FUSED_BACKWARD_MAX_ROWS): ResNeXt-101
@@ -466,9 +520,12 @@ def main() -> int:
         print(f"[{probe.__name__} {time.time() - t0:.0f}s]", flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "gpu_probe.json").write_text(json.dumps({"environment": env, "rows": rows}, indent=1, default=str))
+    digest = grouped_digest(rows)
+    (out / "gpu_probe.json").write_text(json.dumps({"environment": env, "rows": rows, "grouped_digest": digest},
+                                                   indent=1, default=str))
     print("\n".join(f"{r['section']:7s} {r['name']:52s} {r.get('ms', float('nan')):9.4f} ms err {r.get('rel_err', '')}"
                     for r in rows))
+    print("\n".join(_digest_line(d) for d in digest))
     # a variant that failed, or an output with NaN/inf (rel_err() gives inf), makes the probe fail
     bad = [r["name"] for r in rows if "FAILED" in r["name"] or r.get("rel_err") == float("inf")]
     if bad:

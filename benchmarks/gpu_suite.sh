@@ -118,6 +118,8 @@ step bench-models 140 "$OUT_DIR/gpu_suite.log" "$PY" benchmarks/gpu_bench_models
   done
   echo; echo "probe (benchmarks/gpu_probe.py; full table in gpu_suite.log):"
   grep -E '^(launch|kernels|bnfuse|splitk|stem|grouped) .* ms  err' "$OUT_DIR/gpu_suite.log" | cut -c1-110 | head -n 220
+  echo; echo "grouped tilings, heuristic vs fastest correct one (gpu_probe.grouped_digest):"
+  grep -E '^best ' "$OUT_DIR/gpu_suite.log" | cut -c1-160 | head -n 60
 } | tee -a "$SUMMARY"
 
 # A device call returns at most 8 files from its output folder: fold the small text files into the log

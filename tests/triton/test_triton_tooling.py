@@ -102,9 +102,36 @@ def _smoke_rows(script: str, result: str, tmp_path) -> list:
     return json.loads((tmp_path / result).read_text())["rows"]
 
 
+def test_gpu_probe_digest_picks_the_fastest_correct_tiling():
+    """The grouped digest: heuristic vs fastest tiling whose output agrees (a fast wrong one or a failed
+    one never wins), and both against cuDNN (forward alone; dgrad + wgrad summed for the backward)."""
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.gpu_probe import grouped_digest
+
+    label = "512 g32 s1 @2x7x7"
+    rows = [dict(section="grouped", name=f"{label} cuDNN fprop", ms=0.014),
+            dict(section="grouped", name=f"{label} fprop heuristic 64x16x64/3 runs", ms=0.021, rel_err=1e-3),
+            dict(section="grouped", name=f"{label} fprop 64x16x128/3 taps", ms=0.009, rel_err=1e-3),
+            dict(section="grouped", name=f"{label} fprop 32x16x64/3 runs", ms=0.001, rel_err=0.5),
+            dict(section="grouped", name=f"{label} fprop 32x32x256/3 taps FAILED", ms=float("nan")),
+            dict(section="grouped", name=f"{label} cuDNN dgrad+wgrad", ms=0.03),
+            dict(section="grouped", name=f"{label} dgrad heuristic 64x16x64/3 runs", ms=0.02, rel_err=1e-3),
+            dict(section="grouped", name=f"{label} wgrad heuristic 16x64x64/3 runs split 2", ms=0.03, rel_err=1e-3),
+            dict(section="grouped", name=f"{label} wgrad 16x512x16/1 taps split 7", ms=0.01, rel_err=1e-3),
+            dict(section="stem", name="stem fwd", ms=1.0)]
+    digest = {d["op"]: d for d in grouped_digest(rows)}
+    assert digest["fprop"]["best"] == "64x16x128/3 taps" and digest["fprop"]["heuristic_ms"] == 0.021
+    assert digest["fprop vs cuDNN"]["best_x"] == pytest.approx(0.014 / 0.009)
+    assert digest["dgrad"]["best"] == "64x16x64/3 runs" and digest["wgrad"]["best"] == "16x512x16/1 taps split 7"
+    assert digest["dgrad+wgrad vs cuDNN"]["heuristic_x"] == pytest.approx(0.03 / 0.05)
+    assert digest["dgrad+wgrad vs cuDNN"]["best_x"] == pytest.approx(0.03 / 0.03)
+
+
 @pytest.mark.slow
 def test_gpu_probe_smoke_run_checks_every_variant(tmp_path):
     rows = _smoke_rows("gpu_probe.py", "gpu_probe.json", tmp_path)
+    digest = json.loads((tmp_path / "gpu_probe.json").read_text())["grouped_digest"]
+    assert {d["op"] for d in digest} >= {"fprop", "dgrad", "wgrad", "fprop vs cuDNN", "dgrad+wgrad vs cuDNN"}
     assert {r["section"] for r in rows} == {"launch", "kernels", "bnfuse", "splitk", "stem", "grouped"}
     totals = [r for r in rows if r["section"] == "kernels" and r["name"].endswith("all kernels")]
     assert len(totals) == 2 and all(r["ms"] > 0 and r["kernels_per_step"] > 0 for r in totals), totals
