@@ -329,6 +329,12 @@ def probe_kernels():
                 row("kernels", f"{label} {name}:  {kname[:40]}", t / steps / 1e3, per_step=round(calls / steps, 1))
 
 
+def _loop_kind(plan) -> str:
+    """The K loop a launch plan's constexprs select, as the grouped rows name it."""
+    c = plan.constexprs
+    return ("runs" if c["W_RUNS"] else "aligned" if c["TAP_ALIGNED"] else "taps" if c["TAP_RUNS"] else "flat")
+
+
 def probe_grouped():
     # (C = K, spatial size, stride) at batch 8; 32 groups
     # stage 1 (128 channels) is 9x cuDNN forward but 0.3x backward; the later stages lose both ways
@@ -365,9 +371,7 @@ def probe_grouped():
         for cfg in [None] + configs:
             plan_cfg = cfg or autotune.fwd_candidates(p, DT, x.device)[0]
             plan = conv3d_fwd._fwd_plan(p, plan_cfg, CL, None, {}, x.device).conv
-            loop = ("runs" if plan.constexprs["W_RUNS"] else "aligned" if plan.constexprs["TAP_ALIGNED"]
-                    else "taps" if plan.constexprs["TAP_RUNS"] else "flat") + (
-                f" split {plan.grid[2]}" if plan.grid[2] > 1 else "")
+            loop = _loop_kind(plan) + (f" split {plan.grid[2]}" if plan.grid[2] > 1 else "")
             name = f"{plan_cfg.block_m}x{plan_cfg.block_n}x{plan_cfg.block_k}/{plan_cfg.num_stages} {loop}"
             variant("grouped", f"{label} fprop {'heuristic ' if cfg is None else ''}{name}",
                     lambda: conv3d_fwd.conv3d_fwd(x, w, p, config=plan_cfg), ref, output=lambda r: r.out)
@@ -386,8 +390,7 @@ def probe_grouped():
         for cfg in dgrad_configs:
             plan_cfg = cfg or autotune.dgrad_candidates(p, DT, x.device)[0]
             plan = conv3d_dgrad._dgrad_plan(p, plan_cfg, CL, {}, x.device)
-            loop = ("runs" if plan.constexprs["W_RUNS"] else "aligned" if plan.constexprs["TAP_ALIGNED"]
-                    else "taps" if plan.constexprs["TAP_RUNS"] else "flat")
+            loop = _loop_kind(plan)
             if plan.constexprs["SPLIT_K"]:
                 loop += f" split {plan.grid[2] // s ** 3}"
             name = f"{plan_cfg.block_m}x{plan_cfg.block_n}x{plan_cfg.block_k}/{plan_cfg.num_stages} {loop}"
@@ -404,8 +407,7 @@ def probe_grouped():
         for cfg in bwd_configs:
             plan_cfg = cfg or autotune.wgrad_candidates(p, DT, x.device)[0]
             plan = conv3d_wgrad._wgrad_plan(p, plan_cfg, CL, {}, x.device)
-            loop = ("runs" if plan.constexprs["W_RUNS"] else "aligned" if plan.constexprs["TAP_ALIGNED"]
-                    else "taps" if plan.constexprs["TAP_RUNS"] else "flat") + f" split {plan.grid[2]}"
+            loop = _loop_kind(plan) + f" split {plan.grid[2]}"
             name = f"{plan_cfg.block_m}x{plan_cfg.block_n}x{plan_cfg.block_k}/{plan_cfg.num_stages} {loop}"
             variant("grouped", f"{label} wgrad {'heuristic ' if cfg is None else ''}{name}",
                     lambda: conv3d_wgrad.conv3d_wgrad(dy, x, w, p, config=plan_cfg), gw_ref)
