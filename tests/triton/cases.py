@@ -169,8 +169,8 @@ def check_candidate_loops(p: ConvProblem, seed: int, device: str = "cpu", sm_cou
     kinds = {
         "fwd": (lambda c: conv3d_fwd._fwd_plan(params, c, cl, None, {}, dev).conv,
                 lambda c: conv3d_fwd.conv3d_fwd(x, w, params, config=c).out, ref),
-        "dgrad": (lambda c: conv3d_dgrad._dgrad_plan(params, c, cl, {}, dev),
-                  lambda c: conv3d_dgrad.conv3d_dgrad(dy, w, params, cl, config=c), gx_ref),
+        "dgrad": (lambda c: conv3d_dgrad._dgrad_plan(params, c, memory_format_of(x), {}, dev),
+                  lambda c: conv3d_dgrad.conv3d_dgrad(dy, w, params, memory_format_of(x), config=c), gx_ref),
         "wgrad": (lambda c: conv3d_wgrad._wgrad_plan(params, c, memory_format_of(w), {}, dev),
                   lambda c: conv3d_wgrad.conv3d_wgrad(dy, x, w, params, config=c), gw_ref),
     }

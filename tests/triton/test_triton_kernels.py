@@ -498,13 +498,15 @@ def test_row_run_loops_on_odd_grouped_problems(problem):
         assert_close(gx, gx_ref, torch.float32, "dgrad")
 
 
-@pytest.mark.parametrize("name,dtype", [("resnext_g8", torch.float32), ("depthwise", torch.float32),
-                                        ("resnext_g8", torch.bfloat16), ("depthwise", torch.float16)])
-def test_loop_kinds_only_autotuning_reaches_match_aten(name, dtype):
+@pytest.mark.parametrize("name,dtype,layout", [
+    ("resnext_g8", torch.float32, "ndhwc"), ("depthwise", torch.float32, "ndhwc"),
+    ("resnext_g8", torch.bfloat16, "ndhwc"), ("depthwise", torch.float16, "ndhwc"),
+    ("resnext_g8", torch.bfloat16, "ncdhw")])
+def test_loop_kinds_only_autotuning_reaches_match_aten(name, dtype, layout):
     """The candidates the GPU lists beyond its heuristic (TAP_RUNS steps of 8 taps, a wgrad column block
     over all taps, unpipelined tiles) on small grouped problems, half precision through the interpreter's
-    upcast dot; the GPU test runs them in bf16 for real."""
+    upcast dot, NCDHW input and input gradient too; the GPU test runs them in bf16 for real."""
     from .cases import SMALL, check_candidate_loops
 
-    p = dataclasses.replace(SMALL[name], layout="ndhwc", dtype=dtype)
+    p = dataclasses.replace(SMALL[name], layout=layout, dtype=dtype)
     assert check_candidate_loops(p, seed=12, device=DEVICE) >= 4
