@@ -113,7 +113,7 @@ def probe_stem():
         gc, x, w, None, [1, 2, 2], [3, 3, 3], [1, 1, 1], False, [0, 0, 0], 1, [False, True, False])))
     # the launcher runs the stem's wgrad on four-channel rows (session 6): its heuristic tile is chosen for
     # those params, and every row below runs on them (flattened tiles: 343 x 4 columns instead of 343 x 3)
-    heuristic = autotune.wgrad_candidates(common.four_channel_params(p), DT, x.device)[0]
+    heuristic = autotune.launcher_candidates("wgrad", p, DT, x.device)[0]
     variants = [("heuristic " + str(heuristic), heuristic, True)]
     if not SMOKE:
         variants += [

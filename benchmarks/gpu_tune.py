@@ -54,7 +54,7 @@ class Layer:
     configuration ``autotune.pick`` chooses (which, autotuning on, times the candidates first)."""
 
     def __init__(self, s: Dict, batch: int, dtype: torch.dtype, device: str):
-        from video3d_fast.ops.backends.triton import _stem_wgrad_on_cudnn, common
+        from video3d_fast.ops.backends.triton import _stem_wgrad_on_cudnn
 
         cl = torch.channels_last_3d
         c, k, g = s["in_channels"], s["out_channels"], s["groups"]
@@ -70,12 +70,9 @@ class Layer:
             self.ops.append("dgrad")
         if not _stem_wgrad_on_cudnn(self.x, self.p):  # the backend's choice: the stem's wgrad runs on cuDNN
             self.ops.append("wgrad")
-        # the launchers run the C = 3 stem on four channels (common.on_four_channels): so do its candidates
-        self.tuned_p = common.four_channel_params(self.p) if common.on_four_channels(self.p) else self.p
 
     def candidates(self, op: str) -> List[autotune.KernelConfig]:
-        p = self.tuned_p if op != "dgrad" else self.p
-        return getattr(autotune, f"{op}_candidates")(p, self.dtype, self.device)
+        return autotune.launcher_candidates(op, self.p, self.dtype, self.device)
 
     def run(self, op: str, config=None) -> None:
         from video3d_fast.ops.backends.triton import conv3d_dgrad, conv3d_fwd, conv3d_wgrad

@@ -160,17 +160,16 @@ def _compile_candidates(x, w, dy, p, dtype) -> None:
     """Every candidate the launchers' autotuning would time on an H100 (132 SMs) for this problem: the
     loop kinds and pipeline depths beyond the heuristic's (TAP_RUNS, unpipelined, split-K variants)."""
     import torch
-    from video3d_fast.ops.backends.triton import autotune, conv3d_dgrad, conv3d_fwd, conv3d_wgrad, common
+    from video3d_fast.ops.backends.triton import autotune, conv3d_dgrad, conv3d_fwd, conv3d_wgrad
 
     fmt = torch.channels_last_3d
     cpu = torch.device("cpu")
-    tuned_p = common.four_channel_params(p) if common.on_four_channels(p) else p
-    for cfg in autotune.fwd_candidates(tuned_p, dtype, cpu):
+    for cfg in autotune.launcher_candidates("fwd", p, dtype, cpu):
         conv3d_fwd.conv3d_fwd(x, w, p, store_out=False, store_conv=True, stats=True, config=cfg)
     if p.in_channels != 3:
-        for cfg in autotune.dgrad_candidates(p, dtype, cpu):
+        for cfg in autotune.launcher_candidates("dgrad", p, dtype, cpu):
             conv3d_dgrad.conv3d_dgrad(dy, w, p, fmt, config=cfg)
-    for cfg in autotune.wgrad_candidates(tuned_p, dtype, cpu):
+    for cfg in autotune.launcher_candidates("wgrad", p, dtype, cpu):
         conv3d_wgrad.conv3d_wgrad(dy, x, w, p, config=cfg)
 
 

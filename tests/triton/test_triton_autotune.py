@@ -257,6 +257,43 @@ def test_grouped_convs_get_unpipelined_l1_candidates(monkeypatch):
     assert autotune._l1_variants([autotune.KernelConfig(64, 16, 16, 4, 3)], stage1) == []
 
 
+class _Picked(Exception):
+    pass
+
+
+@pytest.mark.parametrize("op", ["fwd", "dgrad", "wgrad"])
+@pytest.mark.parametrize("channels", [3, 8])
+def test_launcher_candidates_are_the_list_each_launcher_chooses_from(monkeypatch, op, channels):
+    """benchmarks/gpu_tune.py and compile_check time and compile autotune.launcher_candidates: it must be
+    the very list a launcher hands to pick (GPU heuristic), also for a C = 3 conv, whose fprop and wgrad
+    run on four-channel params. A 9-wide filter row makes the two lists differ (27 vs 36 columns)."""
+    from video3d_fast.ops.backends.triton import conv3d_dgrad, conv3d_fwd, conv3d_wgrad
+
+    monkeypatch.setattr(autotune, "INTERPRETED", False)
+    cl = torch.channels_last_3d
+    x = torch.randn(1, channels, 3, 5, 11).contiguous(memory_format=cl)
+    w = torch.randn(16, channels, 1, 3, 9).contiguous(memory_format=cl)
+    p = ops.make_params(x, w, padding=(0, 1, 4))
+    dy = torch.randn(p.out_shape).contiguous(memory_format=cl)
+    seen = []
+
+    def recording_pick(op_, p_, dtype, device, candidates, launch):
+        seen.append(candidates)
+        raise _Picked
+
+    module, run = {"fwd": (conv3d_fwd, lambda: conv3d_fwd.conv3d_fwd(x, w, p)),
+                   "dgrad": (conv3d_dgrad, lambda: conv3d_dgrad.conv3d_dgrad(dy, w, p, cl)),
+                   "wgrad": (conv3d_wgrad, lambda: conv3d_wgrad.conv3d_wgrad(dy, x, w, p))}[op]
+    monkeypatch.setattr(module, "pick", recording_pick)
+    monkeypatch.setattr(module, "_plans", {})
+    with pytest.raises(_Picked):
+        run()
+    listed = autotune.launcher_candidates(op, p, x.dtype, x.device)
+    assert seen == [listed]
+    as_stated = getattr(autotune, f"{op}_candidates")(p, x.dtype, x.device)
+    assert (listed != as_stated) == (channels == 3 and op != "dgrad"), (listed, as_stated)
+
+
 def test_weight_gradient_split_gives_small_tiles_more_programs(monkeypatch):
     """Split-K of wgrad: 2 programs per SM for 64x64 tiles, 8 for 16x64 (grouped), never fewer than 8
     position steps per program, and an explicit split_k wins."""

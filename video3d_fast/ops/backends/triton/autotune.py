@@ -32,7 +32,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import torch
 
 from ...params import Conv3dParams
-from .common import INTERPRETED, cdiv, next_pow2
+from .common import INTERPRETED, cdiv, four_channel_params, next_pow2, on_four_channels
 from .grouped import group_tiling
 
 
@@ -266,6 +266,16 @@ def wgrad_candidates(p: Conv3dParams, dtype: torch.dtype, device: torch.device) 
     if whole_taps is not None:
         tiles.append(whole_taps)
     return tiles + _l1_variants(tiles, p) + _split_variants(tiles, (1, 8, 32))
+
+
+def launcher_candidates(op: str, p: Conv3dParams, dtype: torch.dtype, device: torch.device) -> List[KernelConfig]:
+    """The candidates the ``op`` launcher ("fwd", "dgrad" or "wgrad") chooses among for the conv ``p`` as
+    its caller states it: the fprop and wgrad launchers run the C = 3 stem on four-channel params
+    (``common.on_four_channels``), so its candidates are theirs. For tools that time or compile a
+    launcher's candidates (benchmarks/gpu_tune.py, tests/triton/compile_check.py)."""
+    if op != "dgrad" and on_four_channels(p):
+        p = four_channel_params(p)
+    return {"fwd": fwd_candidates, "dgrad": dgrad_candidates, "wgrad": wgrad_candidates}[op](p, dtype, device)
 
 
 def _whole_tap_tile(bm: int, ct: int, taps: int, dtype: torch.dtype) -> Optional[KernelConfig]:
