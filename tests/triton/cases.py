@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Dict, Optional
 
+import pytest
 import torch
 
 from tests.ops.helpers import ConvProblem, assert_close, leaf
@@ -145,10 +146,27 @@ def check_batchnorm_act(p: ConvProblem, relu: bool, seed: int, device: str = "cp
             assert_close(a.grad, b.grad, p.dtype, f"grad {name}", BN_GRAD_FACTOR[p.dtype])
 
 
-def check_candidate_loops(p: ConvProblem, seed: int, device: str = "cpu", sm_count: int = 132) -> int:
-    """The loop kinds that only autotuning reaches (TAP_RUNS steps, unpipelined L1 tiles) on ``p``: for
-    fprop, dgrad and wgrad, the first candidate taking TAP_RUNS and the first with num_stages=1, as the GPU
-    heuristic lists them (``sm_count`` SMs), against float64 ATen. Returns how many configurations ran."""
+@dataclasses.dataclass
+class LauncherRun:
+    """One launcher ("fwd", "dgrad", "wgrad") on one problem: the GPU heuristic's candidate list, a launch
+    with a given config, the float64 ATen result it must match and the tolerance factor over REL_TOL."""
+    candidates: list
+    run: object
+    expected: torch.Tensor
+    factor: float
+
+
+@dataclasses.dataclass
+class Launchers:
+    params: object  # Conv3dParams
+    input_format: torch.memory_format
+    weight_format: torch.memory_format
+    by_op: Dict[str, LauncherRun]
+
+
+def launcher_runs(p: ConvProblem, seed: int, device: str = "cpu", sm_count: int = 132) -> Launchers:
+    """fprop, dgrad and wgrad of ``p`` on fresh random data, with the candidate lists a GPU of ``sm_count``
+    SMs gets (autotune.launcher_candidates) whatever the device."""
     from video3d_fast.ops.backends.triton import autotune, conv3d_dgrad, conv3d_fwd, conv3d_wgrad
 
     x, w, _, _, _ = p.make(torch.Generator().manual_seed(seed), device=device)
@@ -159,28 +177,41 @@ def check_candidate_loops(p: ConvProblem, seed: int, device: str = "cpu", sm_cou
     gx_ref, gw_ref = torch.ops.aten.convolution_backward(
         dy.double(), x.double(), w.double(), None, list(params.stride), list(params.padding),
         list(params.dilation), False, [0, 0, 0], params.groups, [True, True, False])[:2]
-    dev, cl = x.device, torch.channels_last_3d
-    interpreted, sms = autotune.INTERPRETED, autotune._sm_count
-    autotune.INTERPRETED, autotune._sm_count = False, lambda device: sm_count  # the GPU's candidate lists
-    try:
-        lists = {op: getattr(autotune, f"{op}_candidates")(params, p.dtype, dev) for op in ("fwd", "dgrad", "wgrad")}
-    finally:
-        autotune.INTERPRETED, autotune._sm_count = interpreted, sms
-    kinds = {
-        "fwd": (lambda c: conv3d_fwd._fwd_plan(params, c, cl, None, {}, dev).conv,
-                lambda c: conv3d_fwd.conv3d_fwd(x, w, params, config=c).out, ref),
-        "dgrad": (lambda c: conv3d_dgrad._dgrad_plan(params, c, memory_format_of(x), {}, dev),
-                  lambda c: conv3d_dgrad.conv3d_dgrad(dy, w, params, memory_format_of(x), config=c), gx_ref),
-        "wgrad": (lambda c: conv3d_wgrad._wgrad_plan(params, c, memory_format_of(w), {}, dev),
-                  lambda c: conv3d_wgrad.conv3d_wgrad(dy, x, w, params, config=c), gw_ref),
+    with pytest.MonkeyPatch.context() as gpu:  # the GPU's candidate lists; the kernels run where x is
+        gpu.setattr(autotune, "INTERPRETED", False)
+        gpu.setattr(autotune, "_sm_count", lambda device: sm_count)
+        lists = {op: autotune.launcher_candidates(op, params, p.dtype, x.device) for op in ("fwd", "dgrad", "wgrad")}
+    fmt = memory_format_of(x)
+    return Launchers(params, fmt, memory_format_of(w), {
+        "fwd": LauncherRun(lists["fwd"], lambda c: conv3d_fwd.conv3d_fwd(x, w, params, config=c).out, ref,
+                           OUT_FACTOR),
+        "dgrad": LauncherRun(lists["dgrad"], lambda c: conv3d_dgrad.conv3d_dgrad(dy, w, params, fmt, config=c),
+                             gx_ref, GRAD_FACTOR[p.dtype]),
+        "wgrad": LauncherRun(lists["wgrad"], lambda c: conv3d_wgrad.conv3d_wgrad(dy, x, w, params, config=c),
+                             gw_ref, GRAD_FACTOR[p.dtype]),
+    })
+
+
+def check_candidate_loops(p: ConvProblem, seed: int, device: str = "cpu", sm_count: int = 132) -> int:
+    """The loop kinds that only autotuning reaches (TAP_RUNS steps, unpipelined L1 tiles) on ``p``: for
+    fprop, dgrad and wgrad, the first candidate taking TAP_RUNS and the first with num_stages=1, as the GPU
+    heuristic lists them (``sm_count`` SMs), against float64 ATen. Returns how many configurations ran."""
+    from video3d_fast.ops.backends.triton import conv3d_dgrad, conv3d_fwd, conv3d_wgrad
+
+    launchers = launcher_runs(p, seed, device, sm_count)
+    params, dev = launchers.params, torch.device(device)
+    plan_of = {
+        "fwd": lambda c: conv3d_fwd._fwd_plan(params, c, torch.channels_last_3d, None, {}, dev).conv,
+        "dgrad": lambda c: conv3d_dgrad._dgrad_plan(params, c, launchers.input_format, {}, dev),
+        "wgrad": lambda c: conv3d_wgrad._wgrad_plan(params, c, launchers.weight_format, {}, dev),
     }
     ran = 0
-    for op, (plan_of, run, expected) in kinds.items():
-        picks = [next((c for c in lists[op] if c.split_k == 0 and plan_of(c).constexprs["TAP_RUNS"]), None),
-                 next((c for c in lists[op] if c.num_stages == 1), None)]
+    for op, r in launchers.by_op.items():
+        picks = [next((c for c in r.candidates if c.split_k == 0 and plan_of[op](c).constexprs["TAP_RUNS"]), None),
+                 next((c for c in r.candidates if c.num_stages == 1), None)]
         for cfg in dict.fromkeys(c for c in picks if c is not None):
             with poison_outputs():
-                out = run(cfg)
-            assert_close(out, expected, p.dtype, f"{op} {cfg}", OUT_FACTOR if op == "fwd" else GRAD_FACTOR[p.dtype])
+                out = r.run(cfg)
+            assert_close(out, r.expected, p.dtype, f"{op} {cfg}", r.factor)
             ran += 1
     return ran

@@ -13,18 +13,14 @@ from __future__ import annotations
 
 import os
 
-import pytest
 import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from tests.ops.helpers import ConvProblem, assert_close
-from video3d_fast import ops
-from video3d_fast.ops.backends.triton import autotune, conv3d_dgrad, conv3d_fwd, conv3d_wgrad
 from video3d_fast.ops.debug import poison_outputs
-from video3d_fast.ops.params import memory_format_of
 
-from .cases import GRAD_FACTOR, OUT_FACTOR
+from .cases import launcher_runs
 
 GRID = settings(max_examples=int(os.environ.get("VIDEO3D_FAST_GRID_EXAMPLES", "4")), deadline=None,
                 derandomize=os.environ.get("VIDEO3D_FAST_HYPOTHESIS_EXPLORE") != "1",
@@ -60,27 +56,9 @@ def problems(draw):
 @GRID
 @given(p=problems(), sm_count=st.sampled_from([4, 16, 132]), seed=st.integers(0, 2**16))
 def test_every_candidate_of_every_launcher_matches_float64(p, sm_count, seed):
-    x, w, _, _, _ = p.make(torch.Generator().manual_seed(seed))
-    params = ops.make_params(x, w, **p.conv_kwargs)
-    dy = torch.randn(params.out_shape, generator=torch.Generator().manual_seed(seed + 1)).to(p.dtype)
-    dy = dy.contiguous(memory_format=torch.channels_last_3d)
-    ref = torch.nn.functional.conv3d(x.double(), w.double(), None, **p.conv_kwargs)
-    gx_ref, gw_ref = torch.ops.aten.convolution_backward(
-        dy.double(), x.double(), w.double(), None, list(params.stride), list(params.padding),
-        list(params.dilation), False, [0, 0, 0], params.groups, [True, True, False])[:2]
-    with pytest.MonkeyPatch.context() as gpu:  # the GPU's candidate lists; the kernels still run interpreted
-        gpu.setattr(autotune, "INTERPRETED", False)
-        gpu.setattr(autotune, "_sm_count", lambda device: sm_count)
-        lists = {op: autotune.launcher_candidates(op, params, p.dtype, x.device) for op in ("fwd", "dgrad", "wgrad")}
-    runs = {
-        "fwd": (lambda c: conv3d_fwd.conv3d_fwd(x, w, params, config=c).out, ref, OUT_FACTOR),
-        "dgrad": (lambda c: conv3d_dgrad.conv3d_dgrad(dy, w, params, memory_format_of(x), config=c), gx_ref,
-                  GRAD_FACTOR[p.dtype]),
-        "wgrad": (lambda c: conv3d_wgrad.conv3d_wgrad(dy, x, w, params, config=c), gw_ref, GRAD_FACTOR[p.dtype]),
-    }
-    for op, (run, expected, factor) in runs.items():
-        assert len(lists[op]) >= 2, lists[op]  # the GPU lists, not the interpreter's single tile
-        for cfg in lists[op]:
+    for op, r in launcher_runs(p, seed, sm_count=sm_count).by_op.items():
+        assert len(r.candidates) >= 2, r.candidates  # the GPU lists, not the interpreter's single tile
+        for cfg in r.candidates:
             with poison_outputs():
-                out = run(cfg)
-            assert_close(out, expected, p.dtype, f"{op} {cfg} (sm {sm_count})", factor)
+                out = r.run(cfg)
+            assert_close(out, r.expected, p.dtype, f"{op} {cfg} (sm {sm_count})", r.factor)
